@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table, writes JSON, and compares side by side in one run."""

@@ -1,0 +1,97 @@
+"""The `gati` command: one entry point, subcommands imported only when chosen.
+
+Each leaf module exposes `add_arguments(parser)` and `run(args) -> int`; importing torch for
+`gati --help` would cost seconds, so leaves load lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from gati.config import ConfigError
+
+# (group, command) -> (module, one-line help). group None: a top-level command.
+COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
+    ("serve", "inference"): (
+        "services.inference.main",
+        "serve models over the Open Inference Protocol",
+    ),
+    ("serve", "cache"): ("services.cache.main", "serve probe lookups (gati.v1 cache API)"),
+    ("serve", "trainer"): ("services.trainer.main", "learn probes from Kafka, publish to Redis"),
+    ("probes", "fit"): ("gati.commands.probes_fit", "fit probes offline and write a bundle"),
+    ("probes", "eval"): ("gati.commands.probes_eval", "evaluate a bundle: per layer and cascade"),
+    ("probes", "publish"): ("gati.commands.probes_publish", "publish a bundle to Redis"),
+    ("probes", "rollback"): ("gati.commands.probes_rollback", "point Redis at an earlier version"),
+    ("bench", "accuracy"): ("gati.bench.accuracy", "top-1 through gRPC on a dataset"),
+    ("bench", "latency"): ("gati.bench.latency", "latency with caches off vs on, per workload"),
+    ("bench", "report"): ("gati.bench.report", "the full comparison report with plots"),
+    (None, "up"): ("gati.local.up", "start broker, Redis and the three services locally"),
+    (None, "down"): ("gati.local.down", "stop everything `gati up` started"),
+    (None, "status"): ("gati.local.status", "show what `gati up` runs and its health"),
+    (None, "demo"): ("gati.commands.demo", "the demo: a stream through the stack, live figures"),
+}
+GROUP_HELP = {
+    "serve": "run a service",
+    "probes": "fit, evaluate and publish learned caches",
+    "bench": "benchmarks that print a table and write JSON",
+}
+
+
+def _build_parser(chosen: tuple[str | None, str] | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gati", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for (group, name), (module, help_text) in COMMANDS.items():
+        if group is None:
+            sub = top.add_parser(name, help=help_text, description=help_text)
+        else:
+            if group not in groups:
+                gp = top.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+                groups[group] = gp.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
+            sub = groups[group].add_parser(name, help=help_text, description=help_text)
+        if (group, name) == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(sub)
+            sub.set_defaults(_run=mod.run)
+    return parser
+
+
+def _chosen(argv: list[str]) -> tuple[str | None, str] | None:
+    words = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log-level":
+            skip = True  # its value is not a command word
+        elif not a.startswith("-"):
+            words.append(a)
+    if words and (None, words[0]) in COMMANDS:
+        return (None, words[0])
+    if len(words) >= 2 and (words[0], words[1]) in COMMANDS:
+        return (words[0], words[1])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _build_parser(_chosen(argv)).parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        print(f"gati: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

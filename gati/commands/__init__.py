@@ -1,0 +1,1 @@
+"""Library-level `gati` subcommands (each: add_arguments, run)."""

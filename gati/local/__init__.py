@@ -1,0 +1,1 @@
+"""The whole gati topology on one machine as processes: broker, Redis, three services."""

@@ -1,0 +1,1 @@
+"""Cache service: holds probe bundles per model and answers lookups over a gRPC stream."""

@@ -1,0 +1,36 @@
+"""Settings of `gati serve cache` (flags, GATI_* environment, or a --config file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gati import names
+from gati.config import require
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    host: str = _f("0.0.0.0", "address to bind")
+    port: int = _f(names.CACHE_PORT, "gRPC port (0 picks a free one)")
+    metrics_port: int = _f(names.CACHE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
+    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis holding the probe bundles")
+    redis_password: str | None = _f(None, "Redis AUTH password (or in redis_url)")
+    models: tuple[str, ...] = _f((), "models to hold bundles for (empty: every announced one)")
+    refresh_seconds: float = _f(2.0, "re-read bundle pointers this often (pub/sub can lose)")
+    batch_wait_ms: float = _f(0.2, "longest wait to gather concurrent lookups of a layer")
+    max_batch: int = _f(64, "most lookups evaluated together")
+    state_entries: int = _f(100000, "per-request states kept (oldest dropped first)")
+    state_ttl_seconds: float = _f(30.0, "per-request state expires after this")
+    workers: int = _f(8, "gRPC worker threads")
+    max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message sent or received")
+    drain_seconds: float = _f(5.0, "grace period on SIGTERM")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
+        require(self.refresh_seconds > 0, "refresh_seconds", "must be positive")
+        require(self.max_batch >= 1, "max_batch", "must be at least 1")
+        require(self.state_entries >= 1, "state_entries", "must be at least 1")

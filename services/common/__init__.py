@@ -1,0 +1,1 @@
+"""What every gati service shares: server lifecycle, health, reflection, metrics, status mapping."""

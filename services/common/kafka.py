@@ -1,0 +1,78 @@
+"""Kafka plumbing shared by the record producer (inference) and the trainer's consumer.
+
+Facts this code relies on (DESIGN.md section 7, measured against Tansu with kafka-python
+3.0.x): a client constructor blocks until it reaches a broker, so every client is built with a
+short `bootstrap_timeout_ms` and off the request path; a broker may not create topics on its
+own (Apache Kafka with auto-create off) and a restarted Tansu has forgotten every topic, so
+both sides create the topic when it is missing (idempotent); kafka-python logs every failed
+reconnect at ERROR, which would flood a service's log while a broker is down, so its loggers
+are quietened and the services log state changes themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_TIMEOUT_MS = 2000  # a client constructor gives up on an unreachable broker this fast
+
+
+def quiet_kafka_logging() -> None:
+    """Silence kafka-python's per-reconnect ERROR lines unless logging was configured for it."""
+    logger = logging.getLogger("kafka")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.CRITICAL)
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_ms: int = 3000) -> bool:
+    """Create `topic` unless it exists. True when this call created it.
+
+    Raises KafkaError (e.g. KafkaTimeoutError) when the broker cannot be reached.
+    """
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        request_timeout_ms=timeout_ms,
+        client_id="gati-admin",
+    )
+    try:
+        if topic in admin.list_topics():
+            return False
+        try:
+            admin.create_topics([NewTopic(topic, partitions, 1)], timeout_ms=timeout_ms)
+        except TopicAlreadyExistsError:  # another client won the race
+            return False
+        log.info("created Kafka topic %s (%d partitions)", topic, partitions)
+        return True
+    finally:
+        admin.close()
+
+
+class Backoff:
+    """Exponential retry delay: `ready()` says whether to try now; `failed()` / `ok()` update."""
+
+    def __init__(self, first: float = 0.5, most: float = 10.0) -> None:
+        self.first, self.most = first, most
+        self.delay = 0.0
+        self.next_try = 0.0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.next_try
+
+    def failed(self) -> float:
+        self.delay = min(self.most, max(self.first, self.delay * 2))
+        self.next_try = time.monotonic() + self.delay
+        return self.delay
+
+    def ok(self) -> None:
+        self.delay = 0.0
+        self.next_try = 0.0
+
+
+__all__ = ["BOOTSTRAP_TIMEOUT_MS", "Backoff", "KafkaError", "ensure_topic", "quiet_kafka_logging"]

@@ -1,0 +1,79 @@
+"""Settings of `gati serve inference` (flags, GATI_* environment, or a --config file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gati import names
+from gati.config import ConfigError, require
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: str
+    weights: str | None
+
+    @classmethod
+    def parse(cls, spec: str) -> ModelSpec:
+        """`NAME=ARCH@WEIGHTS` (weights optional for user factories)."""
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"models: {spec!r} is not NAME=ARCH@WEIGHTS")
+        arch, _, weights = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        return cls(name, arch, weights or None)
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    host: str = _f("0.0.0.0", "address to bind")
+    port: int = _f(names.INFERENCE_PORT, "gRPC port (0 picks a free one)")
+    metrics_port: int = _f(names.INFERENCE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
+    model: str | None = _f(None, "name of the served model")
+    arch: str | None = _f(None, "architecture: resnet20/32/44/56 or package.module:function")
+    weights: str | None = _f(None, "path to the model's weights")
+    models: tuple[str, ...] = _f((), "more models, comma-separated NAME=ARCH@WEIGHTS")
+    device: str = _f("cpu", "torch device: cpu or cuda[:N]")
+    threads: int = _f(0, "torch intra-op threads (0: torch's default)")
+    workers: int = _f(8, "gRPC worker threads")
+    max_batch: int = _f(256, "largest batch accepted in one request")
+    max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message sent or received")
+    drain_seconds: float = _f(10.0, "grace period for in-flight requests on SIGTERM")
+    # --- learned caches (cache service) ---
+    cache_address: str | None = _f(None, "host:port of the cache service (unset: no caches)")
+    caches: bool = _f(True, "use learned caches at all (per request: parameter gati.caches)")
+    plan_refresh_seconds: float = _f(1.0, "how often to re-read the cache plan")
+    # --- exact-match cache in front of the model ---
+    exact_cache_entries: int = _f(10000, "entries of the exact-match response cache (0: off)")
+    # --- activation records (Kafka) ---
+    kafka_bootstrap: str | None = _f(None, "Kafka bootstrap servers (unset: no records)")
+    records_topic: str = _f(names.ACTIVATIONS_TOPIC, "Kafka topic for activation records")
+    record_queue: int = _f(10000, "records buffered before new ones are dropped (counted)")
+    record_layers: tuple[str, ...] = _f((), "cut points recorded (empty: every cut point)")
+    record_reduction: str = _f("pool4", "reduction of recorded activations")
+    shadow_fraction: float = _f(0.2, "fraction of hits whose full model runs in the background")
+    shadow_inflight: int = _f(1, "most shadow completions running at once")
+    agreement_target: float = _f(0.99, "live agreement below which the guard switches a layer off")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
+        require(self.workers >= 1, "workers", "must be at least 1")
+        require(self.max_batch >= 1, "max_batch", "must be at least 1")
+        require(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024")
+        require(0.0 <= self.shadow_fraction <= 1.0, "shadow_fraction", "must be within 0..1")
+        require(self.record_queue >= 1, "record_queue", "must be at least 1")
+        require(bool(self.model_specs()), "model", "serve at least one model (--model, --arch)")
+
+    def model_specs(self) -> list[ModelSpec]:
+        specs = []
+        if self.model or self.arch:
+            require(bool(self.model and self.arch), "model", "--model and --arch go together")
+            specs.append(ModelSpec(self.model, self.arch, self.weights))  # type: ignore[arg-type]
+        specs += [ModelSpec.parse(s) for s in self.models]
+        seen = [s.name for s in specs]
+        require(len(seen) == len(set(seen)), "models", f"duplicate model names: {seen}")
+        return specs

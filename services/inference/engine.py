@@ -1,0 +1,345 @@
+"""The request path: exact-match cache, staged forward pass, early exit on the first hit.
+
+After each stage with an active probe the engine reduces the activation, queues a lookup on
+the cache stream and goes on computing; between stages it looks at the replies that came
+back. Rows of a batch exit independently and the batch shrinks as they do. Nothing here
+waits on the cache service, Kafka or Redis: a missing reply means the model keeps going.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from gati.errors import InvalidArgument, NotFound
+from gati.models import StagedModel
+from gati.probes.reductions import reduce
+from services.inference.cache_client import ActivePlan, CacheClient, PendingLookup
+from services.inference.exact_cache import ExactCache
+from services.inference.guard import LiveGuard
+from services.inference.metrics import InferenceMetrics
+
+FULL = "full"  # exit label of rows answered by the whole model
+
+
+@dataclass
+class RowRecord:
+    """What the trainer learns from, for one batch row (activations reduced off the path)."""
+
+    row: int
+    activations: list[tuple[str, torch.Tensor]]  # (cut name, [C, H, W]) in stage order
+    hit: bool
+    exit_layer: str
+    served_label: int
+    bundle_version: int
+    base_scores: np.ndarray | None = None
+    base_label: int | None = None
+    shadow: bool = False
+
+
+@dataclass
+class RecordJob:
+    model: str
+    request_id: str
+    time: float
+    rows: list[RowRecord] = field(default_factory=list)
+
+
+class RecordSink(Protocol):
+    def submit(self, job: RecordJob) -> bool:
+        """Queue a job without blocking; False (and counted) when it had to be dropped."""
+        ...
+
+
+@dataclass
+class InferResult:
+    scores: np.ndarray  # [B, classes] float32: logits, or a hit's log-probabilities
+    labels: np.ndarray  # [B] int64
+    hit: np.ndarray  # [B] bool: answered by a learned cache
+    exit_index: np.ndarray  # [B] int32: cut index of the exit, -1 for the full model
+    exit_layer: str  # first hit's layer name, "" when no row hit
+    bundle_version: int
+    exact_hits: int
+
+
+@dataclass
+class ServedModel:
+    name: str
+    model: StagedModel
+    version: str = "1"
+
+
+def hit_scores(label: int, confidence: float, classes: int) -> np.ndarray:
+    """Log-probabilities standing in for logits on a hit: the probe's confidence on its label,
+    the rest shared evenly (the base model's logits were never computed)."""
+    conf = min(max(confidence, 1e-6), 1 - 1e-6)
+    out = np.full(classes, math.log((1 - conf) / (classes - 1)), dtype=np.float32)
+    out[label] = math.log(conf)
+    return out
+
+
+class Engine:
+    def __init__(
+        self,
+        models: dict[str, ServedModel],
+        metrics: InferenceMetrics,
+        cache: CacheClient | None = None,
+        exact: ExactCache | None = None,
+        recorder: RecordSink | None = None,
+        shadow: ShadowRunnerLike | None = None,
+        guard: LiveGuard | None = None,
+        max_batch: int = 256,
+        caches_enabled: bool = True,
+        record_layers: tuple[str, ...] = (),
+    ) -> None:
+        self.models = models
+        self.metrics = metrics
+        self.cache = cache
+        self.exact = exact
+        self.recorder = recorder
+        self.shadow = shadow
+        self.guard = guard
+        self.max_batch = max_batch
+        self.caches_enabled = caches_enabled
+        self._record_cuts = {
+            name: self.record_indices(m.model, record_layers) for name, m in models.items()
+        }
+
+    @staticmethod
+    def record_indices(model: StagedModel, layers: tuple[str, ...]) -> frozenset[int]:
+        return frozenset(model.cut_index(n) for n in (layers or model.cut_names))
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise NotFound(f"unknown model {name!r}; served: {', '.join(sorted(self.models))}")
+        if version and version != served.version:
+            raise NotFound(f"model {name!r} has no version {version!r}; served: {served.version}")
+        return served
+
+    # --- request path ----------------------------------------------------------------------
+    def infer(
+        self, name: str, batch: np.ndarray, *, caches: bool = True, request_id: str = ""
+    ) -> InferResult:
+        served = self.get(name)
+        model = served.model
+        if len(batch) > self.max_batch:
+            raise InvalidArgument(f"batch {len(batch)} exceeds the limit of {self.max_batch}")
+        request_id = request_id or uuid.uuid4().hex
+        n = len(batch)
+        scores = np.empty((n, model.num_classes), dtype=np.float32)
+        labels = np.empty(n, dtype=np.int64)
+        hit = np.zeros(n, dtype=bool)
+        exit_index = np.full(n, -1, dtype=np.int32)
+
+        todo = np.arange(n)
+        keys: list[bytes] = []
+        if self.exact is not None:
+            keys = [ExactCache.key(name, row) for row in batch]
+            found = [self.exact.get(k) for k in keys]
+            for i, item in enumerate(found):
+                if item is not None:
+                    scores[i], labels[i] = item
+            todo = np.array([i for i, item in enumerate(found) if item is None], dtype=np.int64)
+            self.metrics.exact_hits.labels(name).inc(n - len(todo))
+            self.metrics.exact_misses.labels(name).inc(len(todo))
+        exact_hits = n - len(todo)
+
+        plan = None
+        if caches and self.caches_enabled and self.cache is not None:
+            plan = self.cache.plan(name)
+            if plan is None and not self.cache.connected:
+                self.metrics.cache_unavailable.labels(name).inc()
+        if self.guard is not None and plan is not None:
+            plan = self.guard.filter(plan)
+
+        job = RecordJob(name, request_id, time.time()) if self.recorder is not None else None
+        state = _Pass(served, plan, request_id, scores, labels, hit, exit_index, keys, job)
+        if len(todo):
+            self._forward(state, batch[todo], todo)
+        if job is not None and job.rows:
+            self.recorder.submit(job)  # type: ignore[union-attr]
+        self.metrics.rows.labels(name).inc(n)
+        return InferResult(
+            scores,
+            labels,
+            hit,
+            exit_index,
+            state.first_exit,
+            plan.version if plan else 0,
+            exact_hits,
+        )
+
+    def _forward(self, st: _Pass, x: np.ndarray, row_ids: np.ndarray) -> None:
+        """Run the stages on rows `row_ids` (inputs `x`), writing answers into `st`."""
+        model = st.served.model
+        last = model.num_stages - 1
+        active = st.plan.layers if st.plan is not None else {}
+        record_cuts = self._record_cuts[st.served.name] if st.job is not None else frozenset()
+        st.row_ids = row_ids
+        st.alive = np.arange(len(row_ids))  # positions (into row_ids) still computing
+        st.acts = {int(p): [] for p in st.alive}
+        with torch.inference_mode():
+            h = model.preprocess(torch.from_numpy(x))
+            for i, stage in enumerate(model.stages):
+                h = stage(h)  # [rows alive, C, H, W]; the head gives [rows alive, classes]
+                if i == last:
+                    break
+                if i in record_cuts:
+                    cut = model.cut_names[i]
+                    for j, p in enumerate(st.alive):
+                        st.acts[int(p)].append((cut, h[j]))
+                if i in active:
+                    layer, reduction = active[i]
+                    st.pending.append(
+                        self.cache.lookup(  # type: ignore[union-attr]
+                            st.request_id,
+                            st.served.name,
+                            layer,
+                            i,
+                            reduce(h, reduction).numpy(),
+                            row_ids[st.alive].astype(np.int32),
+                            st.version,
+                        )
+                    )
+                if st.pending:
+                    keep = self._take_hits(st, h, i)
+                    if keep is not None:
+                        h = h[keep]
+                        st.alive = st.alive[keep]
+                        if len(st.alive) == 0:
+                            break
+            if len(st.alive):
+                self._finish_full(st, h.float().numpy())
+        if st.pending and self.cache is not None:
+            unanswered = self.cache.forget(st.pending)
+            if unanswered:
+                self.metrics.lookup_unanswered.labels(st.served.name).inc(unanswered)
+
+    def _finish_full(self, st: _Pass, logits: np.ndarray) -> None:
+        """Rows that ran the whole model: their logits are the base model's answer."""
+        rows = st.row_ids[st.alive]
+        st.scores[rows] = logits
+        st.labels[rows] = logits.argmax(axis=1)
+        self.metrics.exits.labels(st.served.name, FULL).inc(len(rows))
+        if self.exact is not None:
+            for k, r in enumerate(rows):
+                self.exact.put(st.keys[r], logits[k], int(st.labels[r]))
+        if st.job is not None:
+            for k, p in enumerate(st.alive):
+                r = int(st.row_ids[p])
+                label = int(st.labels[r])
+                st.job.rows.append(
+                    RowRecord(
+                        r,
+                        st.acts[int(p)],
+                        False,
+                        "",
+                        label,
+                        st.version,
+                        logits[k].copy(),
+                        label,
+                    )
+                )
+
+    def _take_hits(self, st: _Pass, h: torch.Tensor, stage: int) -> np.ndarray | None:
+        """Apply replies that arrived; the keep-mask over `st.alive`, or None if no row exits."""
+        model = st.served.model
+        position = {int(st.row_ids[p]): j for j, p in enumerate(st.alive)}
+        exiting: dict[int, tuple[int, float, str]] = {}  # index in alive -> label, conf, layer
+        for p in [p for p in st.pending if p.reply is not None]:
+            st.pending.remove(p)
+            reply = p.reply
+            if reply.error:  # type: ignore[union-attr]
+                continue
+            for row, is_hit, label, conf in zip(
+                p.rows,
+                reply.hit,
+                reply.label,
+                reply.confidence,
+                strict=False,  # type: ignore[union-attr]
+            ):
+                j = position.get(int(row))
+                if is_hit and j is not None and j not in exiting:
+                    exiting[j] = (int(label), float(conf), p.layer)
+        if not exiting:
+            return None
+        keep = np.ones(len(st.alive), dtype=bool)
+        shadowed: list[tuple[int, int, str, RowRecord | None]] = []
+        for j, (label, conf, layer) in sorted(exiting.items()):
+            p = int(st.alive[j])
+            r = int(st.row_ids[p])
+            keep[j] = False
+            st.scores[r] = hit_scores(label, conf, model.num_classes)
+            st.labels[r] = label
+            st.hit[r] = True
+            st.exit_index[r] = model.cut_index(layer)
+            st.first_exit = st.first_exit or layer
+            self.metrics.exits.labels(st.served.name, layer).inc()
+            record = None
+            if st.job is not None:
+                record = RowRecord(r, st.acts[p], True, layer, label, st.version)
+            if self.shadow is not None and self.shadow.wanted():
+                shadowed.append((j, r, layer, record))
+            elif record is not None:
+                st.job.rows.append(record)  # type: ignore[union-attr]
+        if shadowed and self.shadow is not None:
+            accepted = self.shadow.submit(
+                st.served,
+                stage,
+                h[[j for j, *_ in shadowed]].clone(),
+                [(r, layer, int(st.labels[r]), rec) for _, r, layer, rec in shadowed],
+                st.request_id,
+                st.version,
+            )
+            if not accepted and st.job is not None:  # no slot: record it without a base label
+                st.job.rows.extend(rec for *_, rec in shadowed if rec is not None)
+        return keep
+
+
+@dataclass
+class _Pass:
+    """Per-request state of one forward pass."""
+
+    served: ServedModel
+    plan: ActivePlan | None
+    request_id: str
+    scores: np.ndarray
+    labels: np.ndarray
+    hit: np.ndarray
+    exit_index: np.ndarray
+    keys: list[bytes]
+    job: RecordJob | None
+    first_exit: str = ""
+    pending: list[PendingLookup] = field(default_factory=list)
+    row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    alive: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    acts: dict[int, list[tuple[str, torch.Tensor]]] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return self.plan.version if self.plan is not None else 0
+
+
+class ShadowRunnerLike(Protocol):
+    def wanted(self) -> bool:
+        """Should this hit be completed in the background (sampling)?"""
+        ...
+
+    def submit(
+        self,
+        served: ServedModel,
+        stage: int,
+        h: torch.Tensor,
+        rows: list[tuple[int, str, int, RowRecord | None]],
+        request_id: str,
+        version: int,
+    ) -> bool:
+        """Finish the model from `stage` on activations `h` of hit rows; never blocks."""
+        ...

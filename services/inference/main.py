@@ -1,0 +1,23 @@
+"""`gati serve inference`: serve models over the Open Inference Protocol v2 (gRPC)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gati import config as cfg
+from services.inference.config import InferenceConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cfg.add_arguments(parser, InferenceConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.inference.server import build
+
+    config = cfg.load(InferenceConfig, args)
+    server = build(config)
+    print(f"gati inference service listening on {config.host}:{server.port}", flush=True)
+    server.handle.wait_for_signal(config.drain_seconds)
+    server.close_clients()
+    return 0

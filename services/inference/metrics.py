@@ -1,0 +1,114 @@
+"""Prometheus metrics of the inference service (its own registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.common.metrics import LATENCY_BUCKETS
+
+
+class InferenceMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gati_inference_requests", "inference requests received", ["model"], registry=r
+        )
+        self.failures = Counter(
+            "gati_inference_failures",
+            "requests answered with an error",
+            ["model", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gati_inference_request_latency_seconds",
+            "time to answer a request",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rows = Counter("gati_inference_rows", "batch rows served", ["model"], registry=r)
+        self.exits = Counter(
+            "gati_inference_exits",
+            "rows answered at each exit ('full': the whole model)",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.exact_hits = Counter(
+            "gati_exact_cache_hits",
+            "rows answered by the exact-match cache",
+            ["model"],
+            registry=r,
+        )
+        self.exact_misses = Counter(
+            "gati_exact_cache_misses", "rows not in the exact-match cache", ["model"], registry=r
+        )
+        self.exact_entries = Gauge(
+            "gati_exact_cache_entries", "entries in the exact-match cache", registry=r
+        )
+        self.lookups = Counter(
+            "gati_cache_lookups_sent",
+            "lookups sent to the cache service",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.lookup_unanswered = Counter(
+            "gati_cache_lookups_unanswered",
+            "lookups whose reply came too late or never (the model went on)",
+            ["model"],
+            registry=r,
+        )
+        self.cache_unavailable = Counter(
+            "gati_cache_unavailable",
+            "requests served by the full model because the cache service was unreachable",
+            ["model"],
+            registry=r,
+        )
+        self.cache_reconnects = Counter(
+            "gati_cache_reconnects", "lookup stream (re)connections", registry=r
+        )
+        self.plan_version = Gauge(
+            "gati_cache_plan_bundle_version",
+            "bundle version of the plan in use",
+            ["model"],
+            registry=r,
+        )
+        self.plans_refused = Counter(
+            "gati_cache_plans_refused",
+            "plans refused (fingerprint or layer mismatch)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.shadow_runs = Counter(
+            "gati_shadow_completions",
+            "hits whose full model ran in the background",
+            ["model"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "gati_shadow_skipped",
+            "sampled hits not completed because shadow work was at its cap",
+            ["model"],
+            registry=r,
+        )
+        self.live_agreement = Counter(
+            "gati_live_agreement",
+            "shadow-completed hits by whether the served answer equals the base model's",
+            ["model", "layer", "agree"],
+            registry=r,
+        )
+        self.guard_disabled = Gauge(
+            "gati_guard_disabled_layers",
+            "layers switched off by the live agreement guard",
+            ["model"],
+            registry=r,
+        )
+        self.records_sent = Counter(
+            "gati_records_sent", "activation records delivered to Kafka", registry=r
+        )
+        self.records_dropped = Counter(
+            "gati_records_dropped",
+            "activation records dropped (never delivered)",
+            ["reason"],
+            registry=r,
+        )

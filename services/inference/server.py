@@ -1,0 +1,138 @@
+"""Wiring of the inference service: models, engine, cache client, records, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from gati import names
+from gati.api import grpc_service_pb2, grpc_service_pb2_grpc
+from gati.models import load_model
+from services.common.grpc_server import GrpcServer, build_server
+from services.common.metrics import serve_metrics
+from services.inference.cache_client import CacheClient
+from services.inference.config import InferenceConfig
+from services.inference.engine import Engine, RecordSink, ServedModel
+from services.inference.exact_cache import ExactCache
+from services.inference.guard import LiveGuard
+from services.inference.metrics import InferenceMetrics
+from services.inference.servicer import InferenceServicer
+from services.inference.shadow import ShadowRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceServer:
+    handle: GrpcServer
+    engine: Engine
+    metrics: InferenceMetrics
+    metrics_port: int | None
+    cache: CacheClient | None
+    recorder: RecordSink | None
+    shadow: ShadowRunner | None
+
+    @property
+    def port(self) -> int:
+        return self.handle.port
+
+    def stop(self, grace: float = 0.0) -> None:
+        self.handle.stop(grace)
+        self.close_clients()
+
+    def close_clients(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.recorder is not None:
+            self.recorder.close()  # type: ignore[attr-defined]
+        if self.cache is not None:
+            self.cache.close()
+
+
+def load_models(config: InferenceConfig) -> dict[str, ServedModel]:
+    models = {}
+    for spec in config.model_specs():
+        model = load_model(spec.arch, spec.weights, config.device)
+        with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
+            for batch in (1, 4):
+                model(model.example_input(batch).to(config.device))
+        models[spec.name] = ServedModel(spec.name, model)
+        log.info(
+            "model %s: %s, %d cut points, fingerprint %s",
+            spec.name,
+            spec.arch,
+            len(model.cut_names),
+            model.fingerprint()[:12],
+        )
+    return models
+
+
+def build(config: InferenceConfig) -> InferenceServer:
+    """Load the models and start serving (health SERVING once everything is up)."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    server, handle = build_server(
+        config.host,
+        config.port,
+        config.workers,
+        config.max_message_bytes,
+        (names.HEALTH_INFERENCE,),
+        (grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,),
+    )
+    metrics = InferenceMetrics()
+    models = load_models(config)
+    cache = None
+    if config.cache_address:
+        cache = CacheClient(
+            config.cache_address,
+            {n: m.model for n, m in models.items()},
+            metrics,
+            config.plan_refresh_seconds,
+            config.max_message_bytes,
+        )
+    recorder: RecordSink | None = None
+    if config.kafka_bootstrap:
+        from services.inference.recorder import Recorder
+
+        recorder = Recorder(config, metrics)
+    guard = LiveGuard(config.agreement_target, metrics)
+    record_layers = {
+        n: Engine.record_indices(m.model, config.record_layers) for n, m in models.items()
+    }
+    shadow = None
+    if cache is not None and config.shadow_fraction > 0:
+        shadow = ShadowRunner(
+            config.shadow_fraction,
+            config.shadow_inflight,
+            metrics,
+            guard,
+            recorder,
+            record_layers if recorder is not None else None,
+        )
+    engine = Engine(
+        models,
+        metrics,
+        cache=cache,
+        exact=ExactCache(config.exact_cache_entries) if config.exact_cache_entries > 0 else None,
+        recorder=recorder,
+        shadow=shadow,
+        guard=guard,
+        max_batch=config.max_batch,
+        caches_enabled=config.caches,
+        record_layers=config.record_layers,
+    )
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(engine, metrics), server
+    )
+    server.start()
+    metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
+    handle.set_serving(True)
+    log.info(
+        "inference service on port %d (metrics %s), models: %s",
+        handle.port,
+        metrics_port,
+        ", ".join(models),
+    )
+    return InferenceServer(handle, engine, metrics, metrics_port, cache, recorder, shadow)

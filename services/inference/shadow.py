@@ -1,0 +1,102 @@
+"""Shadow completion: finish the base model in the background for a sample of hits.
+
+It gives the trainer labels for hits and the guard a live agreement measurement. At most
+`inflight` completions run at once; a sampled hit that finds every slot busy is skipped and
+counted, so background work cannot pile up behind foreground requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from services.inference.engine import RecordJob, RecordSink, RowRecord, ServedModel
+from services.inference.guard import LiveGuard
+from services.inference.metrics import InferenceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ShadowRunner:
+    def __init__(
+        self,
+        fraction: float,
+        inflight: int,
+        metrics: InferenceMetrics,
+        guard: LiveGuard | None = None,
+        recorder: RecordSink | None = None,
+        record_layers: dict[str, frozenset[int]] | None = None,
+    ) -> None:
+        self.fraction = fraction
+        self._slots = threading.Semaphore(max(inflight, 1))
+        self._pool = ThreadPoolExecutor(max_workers=max(inflight, 1), thread_name_prefix="shadow")
+        self._metrics = metrics
+        self._guard = guard
+        self._recorder = recorder
+        self._record_layers = record_layers or {}
+
+    def wanted(self) -> bool:
+        return self.fraction > 0 and random.random() < self.fraction
+
+    def submit(
+        self,
+        served: ServedModel,
+        stage: int,
+        h: torch.Tensor,
+        rows: list[tuple[int, str, int, RowRecord | None]],
+        request_id: str,
+        version: int,
+    ) -> bool:
+        if not self._slots.acquire(blocking=False):
+            self._metrics.shadow_skipped.labels(served.name).inc(len(rows))
+            return False
+        self._pool.submit(self._run, served, stage, h, rows, request_id, version)
+        return True
+
+    def _run(
+        self,
+        served: ServedModel,
+        stage: int,
+        h: torch.Tensor,
+        rows: list[tuple[int, str, int, RowRecord | None]],
+        request_id: str,
+        version: int,
+    ) -> None:
+        try:
+            model = served.model
+            record_cuts = self._record_layers.get(served.name, frozenset())
+            with torch.inference_mode():
+                for i in range(stage + 1, model.num_stages):
+                    h = model.stages[i](h)
+                    if i < model.num_stages - 1 and i in record_cuts:
+                        for j, (_, _, _, rec) in enumerate(rows):
+                            if rec is not None:
+                                rec.activations.append((model.cut_names[i], h[j]))
+                logits = h.float().numpy()
+            job = RecordJob(served.name, request_id, time.time())
+            for j, (_row, layer, served_label, rec) in enumerate(rows):
+                base = int(logits[j].argmax())
+                agree = base == served_label
+                self._metrics.live_agreement.labels(served.name, layer, str(agree).lower()).inc()
+                if self._guard is not None:
+                    self._guard.observe(served.name, layer, version, agree)
+                if rec is not None:
+                    rec.base_scores = logits[j].copy()
+                    rec.base_label = base
+                    rec.shadow = True
+                    job.rows.append(rec)
+            self._metrics.shadow_runs.labels(served.name).inc(len(rows))
+            if job.rows and self._recorder is not None:
+                self._recorder.submit(job)
+        except Exception:
+            log.exception("shadow completion failed")
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Trainer service: learns probes from activation records on Kafka, publishes bundles to Redis."""

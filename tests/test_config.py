@@ -1,0 +1,78 @@
+"""Typed configuration: flags > environment > file > default, and errors naming the field."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from gati import config as cfg
+from services.cache.config import CacheConfig
+from services.inference.config import InferenceConfig, ModelSpec
+
+
+def _args(cls: type, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser, cls)
+    return parser.parse_args(argv)
+
+
+def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("port: 9000\nmetrics_port: 9001\nworkers: 3\nmodel: a\narch: resnet20\n")
+    env = {"GATI_METRICS_PORT": "9101", "GATI_CACHES": "false"}
+    args = _args(InferenceConfig, ["--config", str(file), "--port", "9200"])
+    c = cfg.load(InferenceConfig, args, env)
+    assert c.port == 9200  # flag
+    assert c.metrics_port == 9101  # environment
+    assert c.workers == 3  # file
+    assert c.caches is False
+    assert c.max_batch == 256  # default
+
+
+def test_invalid_values_name_the_field() -> None:
+    with pytest.raises(cfg.ConfigError, match="port"):
+        cfg.load(
+            InferenceConfig,
+            _args(InferenceConfig, ["--port", "abc", "--model", "a", "--arch", "r"]),
+            {},
+        )
+    with pytest.raises(cfg.ConfigError, match=r"shadow_fraction: must be within 0\.\.1"):
+        cfg.load(
+            InferenceConfig,
+            None,
+            {"GATI_MODEL": "a", "GATI_ARCH": "r", "GATI_SHADOW_FRACTION": "2"},
+        )
+    with pytest.raises(cfg.ConfigError, match="model"):
+        cfg.load(InferenceConfig, None, {})
+    with pytest.raises(cfg.ConfigError, match="caches: expected true or false"):
+        cfg.load(
+            InferenceConfig, None, {"GATI_MODEL": "a", "GATI_ARCH": "r", "GATI_CACHES": "maybe"}
+        )
+
+
+def test_unknown_file_setting_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "c.json"
+    file.write_text('{"prot": 1}')
+    with pytest.raises(cfg.ConfigError, match="unknown settings \\['prot'\\]"):
+        cfg.load(CacheConfig, _args(CacheConfig, ["--config", str(file)]), {})
+
+
+def test_several_models_from_one_setting() -> None:
+    c = cfg.load(
+        InferenceConfig,
+        None,
+        {
+            "GATI_MODELS": "a=resnet20@/w/a.th,b=pkg.mod:build",
+            "GATI_MODEL": "c",
+            "GATI_ARCH": "resnet56",
+            "GATI_WEIGHTS": "/w/c.th",
+        },
+    )
+    assert c.model_specs() == [
+        ModelSpec("c", "resnet56", "/w/c.th"),
+        ModelSpec("a", "resnet20", "/w/a.th"),
+        ModelSpec("b", "pkg.mod:build", None),
+    ]
+    assert "GATI_MODELS" in cfg.env_names(InferenceConfig)
