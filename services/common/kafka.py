@@ -30,10 +30,13 @@ def quiet_kafka_logging() -> None:
         logger.setLevel(logging.CRITICAL)
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_ms: int = 3000) -> bool:
-    """Create `topic` unless it exists. True when this call created it.
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_ms: int = 3000) -> str:
+    """Create `topic` unless it exists; return its topic id.
 
-    Raises KafkaError (e.g. KafkaTimeoutError) when the broker cannot be reached.
+    The id tells a consumer whether the topic it reads is still the one it joined: a broker
+    that lost its state (a restarted Tansu) gives the re-created topic a new id, while its
+    offsets start from 0 again. Raises KafkaError (e.g. KafkaTimeoutError) when the broker
+    cannot be reached.
     """
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
@@ -42,14 +45,16 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_ms: in
         client_id="gati-admin",
     )
     try:
-        if topic in admin.list_topics():
-            return False
-        try:
-            admin.create_topics([NewTopic(topic, partitions, 1)], timeout_ms=timeout_ms)
-        except TopicAlreadyExistsError:  # another client won the race
-            return False
-        log.info("created Kafka topic %s (%d partitions)", topic, partitions)
-        return True
+        if topic not in admin.list_topics():
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1)], timeout_ms=timeout_ms)
+                log.info("created Kafka topic %s (%d partitions)", topic, partitions)
+            except TopicAlreadyExistsError:  # another client won the race
+                pass
+        (described,) = admin.describe_topics([topic])
+        if described.get("error_code"):
+            raise KafkaError(f"describe topic {topic}: error {described['error_code']}")
+        return str(described.get("topic_id") or "")
     finally:
         admin.close()
 

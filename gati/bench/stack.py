@@ -1,0 +1,219 @@
+"""A measured stack on one machine: private Redis, cache service, inference service.
+
+Benchmarks start it in separate processes (real gRPC between processes), publish a bundle
+through Redis the way operators do (`gati probes publish`), and tear everything down after.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from gati import names
+from gati.api import grpc_service_pb2 as pb
+from gati.api import grpc_service_pb2_grpc as pb_grpc
+from gati.local.processes import (
+    ManagedProcess,
+    free_port,
+    gati_argv,
+    start_redis,
+    start_tansu,
+    wait_for_health,
+)
+from gati.probes.bundle import Bundle
+from gati.store import BundleStore
+
+
+@dataclass
+class Stack:
+    inference_port: int
+    cache_port: int | None
+    redis_url: str | None
+    kafka_bootstrap: str | None
+    processes: dict[str, ManagedProcess]
+    log_dir: Path
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(
+            f"127.0.0.1:{self.inference_port}",
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+
+
+def publish(bundle_dir: Path, redis_url: str, model: str) -> int:
+    """Publish a bundle directory for `model` through Redis; returns the new version."""
+    store = BundleStore(redis_url)
+    try:
+        return store.publish(Bundle.load(bundle_dir), model=model)
+    finally:
+        store.close()
+
+
+def fit_bundle_cli(
+    arch: str, weights: str, data: str, start: int, stop: int, out: Path, *extra: str
+) -> Path:
+    """`gati probes fit` on images start..stop into `out` (progress shown on the terminal)."""
+    argv = gati_argv(
+        "probes",
+        "fit",
+        "--arch",
+        arch,
+        "--weights",
+        weights,
+        "--data",
+        data,
+        "--start",
+        str(start),
+        "--stop",
+        str(stop),
+        "--out",
+        str(out),
+        *extra,
+    )
+    subprocess.run(argv, check=True, timeout=3600, stdout=sys.stderr)
+    return out
+
+
+def wait_for_bundle(
+    stack: Stack, model: str, image: np.ndarray, version: int, timeout: float = 30.0
+) -> float:
+    """Send requests until answers carry bundle `version`; returns the seconds it took."""
+    start = time.monotonic()
+    with stack.channel() as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() - start < timeout:
+            reply = stub.ModelInfer(request(model, image[None]))
+            if reply.parameters[names.PARAM_BUNDLE_VERSION].int64_param == version:
+                return time.monotonic() - start
+            time.sleep(0.02)
+    raise TimeoutError(f"bundle v{version} not in use after {timeout:.0f}s")
+
+
+def request(
+    model: str, batch: np.ndarray, caches: bool = True, outputs: tuple[str, ...] = ()
+) -> pb.ModelInferRequest:
+    r = pb.ModelInferRequest(model_name=model)
+    r.inputs.add(name=names.INPUT_IMAGE, datatype="UINT8", shape=list(batch.shape))
+    r.raw_input_contents.append(np.ascontiguousarray(batch).tobytes())
+    r.parameters[names.PARAM_CACHES].bool_param = caches
+    for name in outputs:
+        r.outputs.add(name=name)
+    return r
+
+
+@contextmanager
+def local_stack(
+    log_dir: Path,
+    model: str,
+    arch: str,
+    weights: str,
+    *,
+    cache: bool = True,
+    kafka: bool = False,
+    trainer: bool = False,
+    inference_args: tuple[str, ...] = (),
+    trainer_args: tuple[str, ...] = (),
+    cache_args: tuple[str, ...] = (),
+) -> Iterator[Stack]:
+    """Start what is asked for, healthy, in separate processes; stop it all on exit."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, ManagedProcess] = {}
+    with ExitStack() as stop:
+        redis_url = cache_port = bootstrap = None
+        if cache or trainer:
+            redis_port = free_port()
+            procs["redis"] = start_redis(redis_port, log_dir)
+            stop.callback(procs["redis"].stop)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        if kafka or trainer:
+            kafka_port = free_port()
+            procs["kafka"] = start_tansu(kafka_port, log_dir)
+            stop.callback(procs["kafka"].stop)
+            bootstrap = f"127.0.0.1:{kafka_port}"
+        if cache:
+            cache_port = free_port()
+            procs["cache"] = _service(
+                stop,
+                log_dir,
+                "cache",
+                cache_port,
+                names.HEALTH_CACHE,
+                "--redis-url",
+                redis_url,
+                *cache_args,
+            )
+        if trainer:
+            procs["trainer"] = _service(
+                stop,
+                log_dir,
+                "trainer",
+                free_port(),
+                names.HEALTH_TRAINER,
+                "--kafka-bootstrap",
+                bootstrap,
+                "--redis-url",
+                redis_url,
+                "--model",
+                model,
+                "--arch",
+                arch,
+                "--weights",
+                weights,
+                *trainer_args,
+            )
+        extra = list(inference_args)
+        if cache:
+            extra += ["--cache-address", f"127.0.0.1:{cache_port}"]
+        if bootstrap:
+            extra += ["--kafka-bootstrap", bootstrap]
+        inference_port = free_port()
+        procs["inference"] = _service(
+            stop,
+            log_dir,
+            "inference",
+            inference_port,
+            names.HEALTH_INFERENCE,
+            "--model",
+            model,
+            "--arch",
+            arch,
+            "--weights",
+            weights,
+            *extra,
+        )
+        yield Stack(inference_port, cache_port, redis_url, bootstrap, procs, log_dir)
+
+
+def _service(
+    stop: ExitStack, log_dir: Path, kind: str, port: int, health: str, *args: str | None
+) -> ManagedProcess:
+    proc = ManagedProcess(
+        kind,
+        gati_argv(
+            "serve",
+            kind,
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            *(a for a in args if a is not None),
+        ),
+        log_dir / f"{kind}.log",
+    ).start()
+    stop.callback(proc.stop)
+    try:
+        wait_for_health(f"127.0.0.1:{port}", health, 180, proc.proc)
+    except Exception as exc:
+        raise RuntimeError(f"{kind} service did not become healthy:\n{proc.log_tail()}") from exc
+    return proc

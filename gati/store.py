@@ -1,0 +1,199 @@
+"""Redis bundle store: versioned probe bundles, a pointer to the current one, announcements.
+
+Redis is the source of truth for which bundle a model uses. Per model (key names in
+`gati.names`):
+    bundle_key(model, v)      the bundle bytes of version v (written once, never changed)
+    bundle_versions_key(m)    sorted set of published versions (score = version)
+    bundle_pointer_key(m)     the version in use; publish and rollback both move it
+    bundle_counter_key(m)     INCR counter that hands out version numbers
+    BUNDLE_MODELS_KEY         set of models with at least one published bundle
+and every move of a pointer is announced on BUNDLE_CHANNEL as JSON {"model", "version"}.
+Pub/sub is at-most-once, so readers also poll the pointer (see services/cache/refresher.py).
+
+The model name in Redis is authoritative: a bundle is published under the name the inference
+service serves, which defaults to the manifest's model id. Used by the CLI, the cache service
+and the trainer; it never imports a service.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from gati import names
+from gati.errors import InvalidArgument, NotFound
+from gati.probes.bundle import Bundle
+
+# Allocate the next version: INCR, but never at or below a version already published (the
+# counter may have been lost while the versions survived, e.g. a partial restore).
+_NEXT_VERSION = """
+local v = redis.call('INCR', KEYS[1])
+local top = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if top[2] ~= nil and tonumber(top[2]) >= v then
+  v = tonumber(top[2]) + 1
+  redis.call('SET', KEYS[1], v)
+end
+return v
+"""
+
+# Commit one published version: bytes, versions set, models set; move the pointer only
+# forward (a slower concurrent publisher must not undo a newer one), then announce.
+_COMMIT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then
+  return redis.error_reply('bundle key exists: versions are written once')
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[3])
+local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[2]) > cur then
+  redis.call('SET', KEYS[3], ARGV[2])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return cur
+"""
+
+
+class StoreError(NotFound):
+    """A version or model the caller named is not in Redis; the message lists what is."""
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A pointer moved: `model` now uses bundle `version`."""
+
+    model: str
+    version: int
+
+    def to_json(self) -> str:
+        return json.dumps({"model": self.model, "version": self.version})
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> Announcement | None:
+        """None for anything that is not a well-formed announcement (never raises)."""
+        try:
+            obj = json.loads(data)
+            model, version = obj["model"], obj["version"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(model, str) or not isinstance(version, int) or isinstance(version, bool):
+            return None
+        return cls(model, version)
+
+
+def connect(
+    redis_url: str, password: str | None = None, timeout_s: float = 2.0, **kwargs: Any
+) -> redis.Redis:
+    """A client with bounded socket timeouts, so a dead Redis never hangs a caller for long."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 10,
+        **kwargs,
+    }
+    if password is not None:  # passing None would erase a password given in the URL
+        options["password"] = password
+    return redis.Redis.from_url(redis_url, **options)
+
+
+class BundleStore:
+    """Publish, roll back and read probe bundles in Redis."""
+
+    def __init__(self, redis_url: str, password: str | None = None, timeout_s: float = 2.0):
+        self.redis_url = redis_url
+        self.client = connect(redis_url, password, timeout_s)
+        self._next_version = self.client.register_script(_NEXT_VERSION)
+        self._commit = self.client.register_script(_COMMIT)
+
+    # ---- writers ---------------------------------------------------------------------------
+    def publish(self, bundle: Bundle, model: str | None = None) -> int:
+        """Store `bundle` as the model's next version, point at it, announce; returns the version.
+
+        The stored bytes carry the assigned version in their manifest (checksum resealed), so
+        a reader can check that the key and the bytes agree.
+        """
+        model = model or bundle.model_id
+        _check_model_name(model)
+        bundle.verify()
+        version = int(
+            self._next_version(
+                keys=[names.bundle_counter_key(model), names.bundle_versions_key(model)]
+            )
+        )
+        data = bundle.with_version(version).to_bytes()
+        self._commit(
+            keys=[
+                names.bundle_key(model, version),
+                names.bundle_versions_key(model),
+                names.bundle_pointer_key(model),
+                names.BUNDLE_MODELS_KEY,
+            ],
+            args=[
+                data,
+                version,
+                model,
+                names.BUNDLE_CHANNEL,
+                Announcement(model, version).to_json(),
+            ],
+        )
+        return version
+
+    def rollback(self, model: str, version: int) -> None:
+        """Point `model` at an earlier (or any published) version and announce it."""
+        available = self.versions(model)
+        if version not in available or not self.client.exists(names.bundle_key(model, version)):
+            shown = ", ".join(map(str, available)) or "none"
+            raise StoreError(
+                f"model {model!r} has no bundle version {version} in Redis "
+                f"(published versions: {shown})"
+            )
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(names.bundle_pointer_key(model), version)
+        pipe.publish(names.BUNDLE_CHANNEL, Announcement(model, version).to_json())
+        pipe.execute()
+
+    # ---- readers ---------------------------------------------------------------------------
+    def pointer(self, model: str) -> int | None:
+        """The version the model uses now (one GET), or None if none was ever published."""
+        raw = self.client.get(names.bundle_pointer_key(model))
+        return None if raw is None else int(raw)
+
+    def fetch(self, model: str, version: int) -> bytes | None:
+        """The stored bytes of one version, unverified (the reader verifies), or None."""
+        return self.client.get(names.bundle_key(model, version))
+
+    def current(self, model: str) -> tuple[int, bytes] | None:
+        """(version, bytes) the pointer names, or None when there is no usable pointer."""
+        version = self.pointer(model)
+        if version is None:
+            return None
+        data = self.fetch(model, version)
+        return None if data is None else (version, data)
+
+    def versions(self, model: str) -> list[int]:
+        """Every published version of `model`, ascending."""
+        return sorted(int(v) for v in self.client.zrange(names.bundle_versions_key(model), 0, -1))
+
+    def models(self) -> list[str]:
+        """Every model with a published bundle, sorted."""
+        return sorted(m.decode() for m in self.client.smembers(names.BUNDLE_MODELS_KEY))
+
+    def subscribe(self) -> redis.client.PubSub:
+        """A pub/sub connection subscribed to announcements (see `Announcement.parse`)."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(names.BUNDLE_CHANNEL)
+        return pubsub
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _check_model_name(model: str) -> None:
+    # Key names embed the model: a ':' or whitespace would make them ambiguous.
+    if not model or any(c in model for c in ": \t\n"):
+        raise InvalidArgument(
+            f"model name {model!r} is not usable in Redis keys: it must be non-empty "
+            "without ':' or whitespace"
+        )

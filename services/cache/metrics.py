@@ -1,0 +1,121 @@
+"""Prometheus metrics of the cache service (its own registry, so tests can run several).
+
+Counting units: `lookups` counts lookup messages (one per cut per request); `hits` and
+`misses` count activation rows, so for batched requests hits + misses >= lookups.
+Error and refusal reasons are a small fixed vocabulary (see `LOOKUP_ERRORS` and
+services/cache/refresher.py), never client text, so label cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# A lookup is tens of microseconds of numpy; the shared request buckets start at 0.1 ms.
+LOOKUP_BUCKETS = (
+    0.00001,
+    0.00002,
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.05,
+)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128)
+LOOKUP_ERRORS = ("model", "layer", "dtype", "shape", "nonfinite", "internal")
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """The labelled children one (model, layer) updates per batch, resolved once: `labels()`
+    costs a lock and a dict lookup each, which adds up on the lookup path."""
+
+    lookups: Counter
+    hits: Counter
+    misses: Counter
+    batch_size: Histogram
+    latency: Histogram
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._layers: dict[tuple[str, str], LayerMetrics] = {}
+        r = self.registry
+        self.lookups = Counter(
+            "gati_cache_lookups", "lookup messages evaluated", ["model", "layer"], registry=r
+        )
+        self.hits = Counter(
+            "gati_cache_hits", "activation rows answered with a hit", ["model", "layer"], registry=r
+        )
+        self.misses = Counter(
+            "gati_cache_misses",
+            "activation rows answered with a miss",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "gati_cache_lookup_errors",
+            f"lookups answered with an error, by reason ({', '.join(LOOKUP_ERRORS)})",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gati_cache_lookup_latency_seconds",
+            "time from a lookup's arrival to its answer, inside the service",
+            ["model"],
+            buckets=LOOKUP_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "gati_cache_batch_size",
+            "lookups evaluated together in one micro-batch",
+            ["model", "layer"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.bundle_version = Gauge(
+            "gati_cache_bundle_version", "bundle version in use (0: none)", ["model"], registry=r
+        )
+        self.reloads = Counter(
+            "gati_cache_reloads", "bundles loaded and swapped in", ["model"], registry=r
+        )
+        self.refused = Counter(
+            "gati_cache_bundles_refused",
+            "bundles refused (the last good one stays)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "gati_cache_redis_errors", "failed Redis reads and subscriptions", registry=r
+        )
+
+    def layer(self, model: str, layer: str) -> LayerMetrics:
+        """Children for one (model, layer); only called for layers some bundle made active."""
+        found = self._layers.get((model, layer))
+        if found is None:
+            found = LayerMetrics(
+                self.lookups.labels(model, layer),
+                self.hits.labels(model, layer),
+                self.misses.labels(model, layer),
+                self.batch_size.labels(model, layer),
+                self.latency.labels(model),
+            )
+            self._layers[(model, layer)] = found
+        return found
+
+    def total(self, counter: Counter, **labels: str) -> float:
+        """Sum of a counter's samples whose labels include `labels` (for the Status call)."""
+        value = 0.0
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    value += sample.value
+        return value

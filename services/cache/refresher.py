@@ -1,0 +1,259 @@
+"""Keep the probes in use in step with Redis, the source of truth for bundles.
+
+A sync reads each model's pointer (one GET) and, when it names a version other than the one in
+use, fetches the bytes, verifies them (format, checksum, version, probes build) and swaps the
+new runtime in. Syncs run in one thread, on:
+- start (`sync_once`, before the service says SERVING),
+- a pub/sub announcement (a second thread listens; it also wakes a sync each time it
+  (re)subscribes, which is the "load on reconnect"),
+- a timer (`refresh_s`), because pub/sub is at-most-once.
+A rollback needs nothing special: the pointer moved, so the runtime follows it, down or up.
+
+A bundle that fails verification is refused (metric + log) and the last good one stays; the
+refused version is not fetched again until the pointer moves. A service that holds nothing yet
+(it just started) behind a refused pointer falls back to the newest version below the pointer
+that verifies, which is what the replicas that were up all along kept serving. If Redis is
+unreachable the service keeps serving what it has and both threads retry with exponential
+backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+
+import redis
+
+from gati.probes.bundle import Bundle, BundleError
+from gati.probes.runtime import ProbeRuntime
+from gati.store import Announcement, BundleStore
+from services.cache.metrics import CacheMetrics
+from services.cache.probe_store import ProbeStore
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.RedisError, OSError)
+FALLBACK_TRIES = 5  # older versions tried when the pointer's is bad and none is held
+POLL_S = 0.25  # how long the listener blocks on pub/sub; bounds how long close() takes
+
+
+class Backoff:
+    """Exponential retry delays: first, 2x first, ... up to `cap`; `reset` after a success."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+def refusal_reason(exc: Exception) -> str:
+    """A short, fixed label for why a bundle was refused (metric label, not free text)."""
+    if isinstance(exc, BundleError):
+        text = str(exc)
+        if text.startswith("checksum"):
+            return "checksum"
+        if text.startswith("version"):
+            return "version"
+        if text.startswith("layer"):
+            return "probes"
+        return "format"
+    return "invalid"
+
+
+class BundleRefresher:
+    def __init__(
+        self,
+        store: BundleStore,
+        probes: ProbeStore,
+        metrics: CacheMetrics,
+        *,
+        models: Sequence[str] = (),
+        refresh_s: float = 2.0,
+        backoff_first_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.probes = probes
+        self.metrics = metrics
+        self.models = tuple(models)  # empty: every model Redis has a bundle for
+        self.refresh_s = refresh_s
+        self._backoff = (backoff_first_s, backoff_max_s)
+        self._refused: dict[str, int] = {}  # model -> version refused while the pointer stays
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._sync_lock = threading.Lock()
+        self._redis_ok = True
+        self._threads = [
+            threading.Thread(target=self._sync_loop, name="bundle-sync", daemon=True),
+            threading.Thread(target=self._listen_loop, name="bundle-listen", daemon=True),
+        ]
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=5)
+
+    def wake(self) -> None:
+        """Sync soon (an announcement arrived or a connection came back)."""
+        self._wake.set()
+
+    # ---- one sync -----------------------------------------------------------------------
+    def sync_once(self) -> bool:
+        """Follow every tracked model's pointer once; False if Redis could not be read."""
+        with self._sync_lock:
+            try:
+                for model in self.models or self.store.models():
+                    self._sync_model(model)
+            except REDIS_ERRORS as exc:
+                self.metrics.redis_errors.inc()
+                if self._redis_ok:
+                    log.warning("redis unreachable (%s); serving the bundles held", exc)
+                self._redis_ok = False
+                return False
+            if not self._redis_ok:
+                log.info("redis reachable again")
+            self._redis_ok = True
+            return True
+
+    def _sync_model(self, model: str) -> None:
+        version = self.store.pointer(model)
+        if version is None or version == self.probes.version(model):
+            return  # nothing published, or already in use
+        if self._refused.get(model) == version:
+            return  # refused already; wait for the pointer to move
+        runtime = self._load(model, version)
+        if runtime is None:
+            self._refused[model] = version
+            if self.probes.get(model) is not None:
+                return  # the last good bundle stays
+            # Nothing held (a fresh start behind a bad pointer): serve what the replicas that
+            # were up all along serve, the newest version below the pointer that verifies.
+            runtime = self._fallback(model, version)
+            if runtime is None:
+                return
+        else:
+            self._refused.pop(model, None)
+        old = self.probes.version(model)
+        self.probes.install(model, runtime)
+        log.info(
+            "model %s: bundle v%d -> v%d (%d active layers)",
+            model,
+            old,
+            runtime.version,
+            len(runtime.layers),
+        )
+
+    def _load(self, model: str, version: int) -> ProbeRuntime | None:
+        """The verified runtime of one stored version, or None (refusal counted and logged)."""
+        data = self.store.fetch(model, version)
+        if data is None:
+            self._refuse(model, version, "missing", "the pointer names a version with no bytes")
+            return None
+        try:
+            return load_runtime(data, version)
+        except Exception as exc:  # any failure of untrusted bytes is a refusal, never a crash
+            self._refuse(model, version, refusal_reason(exc), str(exc))
+            return None
+
+    def _fallback(self, model: str, below: int) -> ProbeRuntime | None:
+        tried = 0
+        for version in reversed(self.store.versions(model)):
+            if version >= below:
+                continue
+            if tried == FALLBACK_TRIES:
+                break
+            tried += 1
+            runtime = self._load(model, version)
+            if runtime is not None:
+                log.warning("model %s: v%d refused, serving v%d below it", model, below, version)
+                return runtime
+        return None
+
+    def _refuse(self, model: str, version: int, reason: str, message: str) -> None:
+        self.metrics.refused.labels(model, reason).inc()
+        log.error(
+            "refused bundle v%d of model %s (%s): %s; keeping v%d",
+            version,
+            model,
+            reason,
+            message,
+            self.probes.version(model),
+        )
+
+    # ---- threads ------------------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        backoff = Backoff(*self._backoff)
+        delay = self.refresh_s
+        while not self._closed.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
+            if self.sync_once():
+                backoff.reset()
+                delay = self.refresh_s
+            else:
+                delay = backoff.next()
+
+    def _listen_loop(self) -> None:
+        backoff = Backoff(*self._backoff)
+        while not self._closed.is_set():
+            pubsub = None
+            try:
+                pubsub = self.store.subscribe()
+                self.wake()  # (re)connected: whatever was announced meanwhile is read now
+                backoff.reset()
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=POLL_S)
+                    if message is not None and message.get("type") == "message":
+                        self._on_announcement(message["data"])
+            except REDIS_ERRORS as exc:
+                self.metrics.redis_errors.inc()
+                log.debug("bundle announcements lost (%s); resubscribing", exc)
+                self._closed.wait(backoff.next())
+            finally:
+                if pubsub is not None:
+                    _close_quietly(pubsub)
+
+    def _on_announcement(self, data: bytes) -> None:
+        announced = Announcement.parse(data)
+        if announced is None:
+            log.warning("ignoring malformed bundle announcement %r", data[:200])
+            return
+        if not self.models or announced.model in self.models:
+            self.wake()
+
+
+def load_runtime(data: bytes, version: int) -> ProbeRuntime:
+    """Verify untrusted bundle bytes and build their runtime (BundleError when unusable).
+
+    Never unpickles: `Bundle.from_bytes` reads a magic header, JSON and safetensors only.
+    """
+    bundle = Bundle.from_bytes(data)
+    if bundle.version != version:
+        raise BundleError(
+            f"version in the manifest is {bundle.version} but the bundle is stored as "
+            f"version {version}; republish it with `gati probes publish`"
+        )
+    return ProbeRuntime(bundle)
+
+
+def _close_quietly(pubsub: redis.client.PubSub) -> None:
+    with contextlib.suppress(*REDIS_ERRORS):
+        pubsub.close()

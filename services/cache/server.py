@@ -1,0 +1,94 @@
+"""Wiring of the cache service: probe store, Redis refresher, lookup engine, gRPC server.
+
+Order matters for health: the server binds and starts with health NOT_SERVING, the first sync
+from Redis runs (a failure is fine: the refresher keeps retrying), then health says SERVING,
+with or without a bundle (no bundle means "no plan", which is a valid answer).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gati import names
+from gati.api import cache_pb2, cache_pb2_grpc
+from gati.store import BundleStore
+from services.cache.config import CacheConfig
+from services.cache.lookups import LookupEngine
+from services.cache.metrics import CacheMetrics
+from services.cache.probe_store import ProbeStore
+from services.cache.refresher import BundleRefresher
+from services.cache.servicer import CacheServicer
+from services.cache.states import RowStates
+from services.common.grpc_server import GrpcServer, build_server
+from services.common.metrics import serve_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheServer:
+    handle: GrpcServer
+    engine: LookupEngine
+    probes: ProbeStore
+    refresher: BundleRefresher
+    store: BundleStore
+    metrics: CacheMetrics
+    metrics_port: int | None
+
+    @property
+    def port(self) -> int:
+        return self.handle.port
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Refuse new RPCs, drain for `grace` seconds, then stop following Redis."""
+        self.handle.stop(grace)
+        self.close_clients()
+
+    def close_clients(self) -> None:
+        self.refresher.close()
+        self.store.close()
+
+
+def build(config: CacheConfig) -> CacheServer:
+    """Bind, load what Redis holds, start following it, and say SERVING."""
+    server, handle = build_server(
+        config.host,
+        config.port,
+        config.workers,
+        config.max_message_bytes,
+        (names.HEALTH_CACHE,),
+        (cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,),
+    )
+    metrics = CacheMetrics()
+    probes = ProbeStore(metrics)
+    store = BundleStore(config.redis_url, config.redis_password, config.redis_timeout_seconds)
+    refresher = BundleRefresher(
+        store,
+        probes,
+        metrics,
+        models=config.models,
+        refresh_s=config.refresh_seconds,
+        backoff_max_s=config.redis_backoff_max_seconds,
+    )
+    engine = LookupEngine(
+        probes,
+        RowStates(config.state_entries, config.state_ttl_seconds),
+        metrics,
+        config.max_batch,
+        config.batch_wait_ms / 1000.0,
+    )
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(engine), server)
+    server.start()
+    if not refresher.sync_once():
+        log.warning("no bundles at start: redis %s unreachable; retrying", config.redis_url)
+    refresher.start()
+    metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
+    handle.set_serving(True)
+    log.info(
+        "cache service on port %d (metrics %s), bundles: %s",
+        handle.port,
+        metrics_port,
+        ", ".join(f"{m} v{probes.version(m)}" for m in probes.models()) or "none yet",
+    )
+    return CacheServer(handle, engine, probes, refresher, store, metrics, metrics_port)

@@ -1,0 +1,1 @@
+"""Cache service, bundle store and their CLI commands."""

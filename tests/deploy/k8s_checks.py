@@ -1,0 +1,362 @@
+"""Render gati's kustomize overlays and check what comes out, with no cluster.
+
+- `render`: `kubectl kustomize` where kubectl is installed, else `kustomize_lite`.
+- `validate`: every object against the Kubernetes 1.30 OpenAPI schemas, strictly (unknown
+  fields fail). kubernetes-validate only *warns* when it has no schema for a kind, which is
+  what a wrong apiVersion looks like; here that is an error unless the group is a custom
+  resource group the caller names.
+- helpers the contract tests share: pod templates, label selectors, env resolution, and a
+  small NetworkPolicy evaluator that lists which connections the policies allow.
+
+Also a command, for CI or for checking your own overlay:
+    python -m tests.deploy.k8s_checks deploy/k8s/overlays/prod [more overlays]
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import kubernetes_validate.utils
+import yaml
+
+from tests.deploy import kustomize_lite
+
+Obj = dict[str, Any]
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.30.0"
+
+# kubernetes-validate re-reads and re-parses its 1.2 MB definitions file for every object
+# (20 ms each); the function is pure (file -> parsed JSON), so remember its answers.
+if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
+    kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=64)(
+        kubernetes_validate.utils.schema_contents
+    )
+POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
+
+
+def overlays() -> list[Path]:
+    return sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+
+
+# --- rendering -----------------------------------------------------------------------------
+def kubectl() -> str | None:
+    return shutil.which("kubectl")
+
+
+def render_kubectl(path: Path) -> list[Obj]:
+    exe = kubectl()
+    if exe is None:
+        raise FileNotFoundError("kubectl is not installed")
+    proc = subprocess.run(
+        [exe, "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {path} failed:\n{proc.stderr[-2000:]}")
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def render_python(path: Path) -> list[Obj]:
+    return kustomize_lite.build(path)
+
+
+def render(path: Path) -> list[Obj]:
+    """The overlay's objects, by kubectl where it exists, else by the Python renderer.
+
+    Remembered per path (kubectl takes about a second): do not edit a tree after rendering
+    it. Each call returns a fresh copy, so callers may change what they get.
+    """
+    return copy.deepcopy(list(_render_once(str(Path(path).resolve()))))
+
+
+@functools.cache
+def _render_once(path: str) -> tuple[Obj, ...]:
+    return tuple(render_kubectl(Path(path)) if kubectl() else render_python(Path(path)))
+
+
+# --- schema validation ---------------------------------------------------------------------
+def group_of(obj: Obj) -> str:
+    api = obj.get("apiVersion", "")
+    return api.split("/")[0] if "/" in api else ""
+
+
+def describe(obj: Obj) -> str:
+    return f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
+
+
+def validate(
+    objs: Iterable[Obj], version: str = KUBERNETES_VERSION, custom_groups: Iterable[str] = ()
+) -> list[str]:
+    """One message per problem; empty when every object validates strictly."""
+    custom = set(custom_groups)
+    errors = []
+    for obj in objs:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            errors.append(f"{describe(obj)}: {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            if group_of(obj) not in custom:
+                errors.append(
+                    f"{describe(obj)}: no schema for apiVersion {obj.get('apiVersion')} kind "
+                    f"{obj.get('kind')} in Kubernetes {version} (wrong apiVersion or kind?)"
+                )
+        except (KeyError, TypeError) as exc:
+            errors.append(f"{describe(obj)}: not a valid object ({exc!r})")
+    return errors
+
+
+# --- objects and pods ----------------------------------------------------------------------
+def by_kind(objs: Iterable[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o.get("kind") == kind]
+
+
+def find(objs: Iterable[Obj], kind: str, name: str) -> Obj | None:
+    return next((o for o in by_kind(objs, kind) if o["metadata"]["name"] == name), None)
+
+
+def pod_template(workload: Obj) -> Obj:
+    return workload["spec"]["template"]
+
+
+def workloads(objs: Iterable[Obj]) -> list[Obj]:
+    return [o for o in objs if o.get("kind") in POD_TEMPLATE_KINDS]
+
+
+def containers(pod_spec: Obj) -> list[Obj]:
+    """Every container that runs: init containers (sidecars included) and main ones."""
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec.get("containers", []))
+
+
+def is_sidecar(container: Obj) -> bool:
+    """A native sidecar: an init container that keeps running (restartPolicy Always)."""
+    return container.get("restartPolicy") == "Always"
+
+
+def selector_matches(selector: Obj | None, labels: Obj) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against a label map."""
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def container_ports(pod_spec: Obj) -> list[Obj]:
+    return [p for c in containers(pod_spec) for p in c.get("ports", [])]
+
+
+def resolve_port(port: int | str, pod_spec: Obj) -> int | None:
+    """A Service targetPort or NetworkPolicy port (number or name) on this pod."""
+    if isinstance(port, int):
+        return port
+    for p in container_ports(pod_spec):
+        if p.get("name") == port:
+            return p["containerPort"]
+    return None
+
+
+def resolve_env(container: Obj, objs: list[Obj], secrets: dict[str, dict[str, str]]) -> dict:
+    """The container's environment as the kubelet would build it (envFrom, then env).
+
+    ConfigMaps come from the rendered objects; Secrets, never committed, from `secrets`.
+    Raises KeyError naming a reference that does not resolve.
+    """
+    env: dict[str, str] = {}
+
+    def config_map(name: str) -> dict[str, str]:
+        cm = find(objs, "ConfigMap", name)
+        if cm is None:
+            raise KeyError(f"ConfigMap {name} is not in the rendered objects")
+        return cm.get("data", {})
+
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_map(source["configMapRef"]["name"]))
+        else:
+            raise KeyError(f"unsupported envFrom source {source}")
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+            continue
+        ref = var.get("valueFrom", {})
+        if "configMapKeyRef" in ref:
+            r = ref["configMapKeyRef"]
+            data = config_map(r["name"])
+            if r["key"] not in data:
+                raise KeyError(f"{var['name']}: ConfigMap {r['name']} has no key {r['key']}")
+            env[var["name"]] = str(data[r["key"]])
+        elif "secretKeyRef" in ref:
+            r = ref["secretKeyRef"]
+            if r["key"] not in secrets.get(r["name"], {}):
+                raise KeyError(f"{var['name']}: Secret {r['name']}/{r['key']} is not documented")
+            env[var["name"]] = secrets[r["name"]][r["key"]]
+        elif "fieldRef" in ref or "resourceFieldRef" in ref:
+            env[var["name"]] = f"<{var['name']} from the downward API>"
+        else:
+            raise KeyError(f"{var['name']}: unsupported valueFrom {ref}")
+    return env
+
+
+# --- NetworkPolicy evaluation --------------------------------------------------------------
+@dataclass(frozen=True)
+class Endpoint:
+    """A pod of some namespace (ours: namespace None), or `world` (outside the cluster)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    namespace: str | None = None
+    pod_spec: Obj | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+WORLD = Endpoint("world")
+PROMETHEUS = Endpoint(
+    "prometheus", (("app.kubernetes.io/name", "prometheus"),), namespace="monitoring"
+)
+KUBE_DNS = Endpoint("kube-dns", (("k8s-app", "kube-dns"),), namespace="kube-system")
+
+
+def pod_endpoints(objs: list[Obj]) -> list[Endpoint]:
+    """One endpoint per workload of the overlay, named by app.kubernetes.io/name."""
+    found = []
+    for w in workloads(objs):
+        labels = pod_template(w)["metadata"]["labels"]
+        found.append(
+            Endpoint(
+                labels["app.kubernetes.io/name"],
+                tuple(sorted(labels.items())),
+                pod_spec=pod_template(w)["spec"],
+            )
+        )
+    return found
+
+
+def _peer_matches(peer: Obj, other: Endpoint) -> bool:
+    if "ipBlock" in peer:
+        return other is WORLD and peer["ipBlock"].get("cidr") == "0.0.0.0/0"
+    if other is WORLD:
+        return False
+    ns_sel = peer.get("namespaceSelector")
+    if ns_sel is None:
+        in_namespace = other.namespace is None
+    elif other.namespace is None:
+        # Our own namespace's labels are unknown here; only `{}` surely selects it.
+        in_namespace = ns_sel == {}
+    else:
+        ns_labels = {"kubernetes.io/metadata.name": other.namespace}
+        in_namespace = selector_matches(ns_sel, ns_labels)
+    pod_sel = peer.get("podSelector")
+    return in_namespace and (pod_sel is None or selector_matches(pod_sel, other.label_map))
+
+
+def _port_matches(rule_ports: list[Obj] | None, port: int, protocol: str, dest: Endpoint) -> bool:
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        if "port" not in p:
+            return True
+        number = p["port"]
+        if isinstance(number, str):
+            number = resolve_port(number, dest.pod_spec) if dest.pod_spec else None
+        if number == port or (number is not None and number <= port <= p.get("endPort", number)):
+            return True
+    return False
+
+
+def _policies_for(objs: list[Obj], pod: Endpoint, direction: str) -> list[Obj]:
+    if pod.namespace is not None or pod is WORLD:
+        return []
+    return [
+        np
+        for np in by_kind(objs, "NetworkPolicy")
+        if selector_matches(np["spec"]["podSelector"], pod.label_map)
+        and direction in np["spec"].get("policyTypes", ["Ingress"])
+    ]
+
+
+def allows(objs: list[Obj], src: Endpoint, dst: Endpoint, port: int, protocol: str = "TCP"):
+    """Whether the NetworkPolicies let `src` open a connection to `dst` on `port`.
+
+    Only our namespace's policies are known: traffic leaving or entering another namespace's
+    pods is judged on our side alone.
+    """
+    egress = _policies_for(objs, src, "Egress")
+    if egress and not any(
+        _port_matches(rule.get("ports"), port, protocol, dst)
+        and (not rule.get("to") or any(_peer_matches(p, dst) for p in rule["to"]))
+        for np in egress
+        for rule in np["spec"].get("egress", [])
+    ):
+        return False
+    ingress = _policies_for(objs, dst, "Ingress")
+    return not ingress or any(
+        _port_matches(rule.get("ports"), port, protocol, dst)
+        and (not rule.get("from") or any(_peer_matches(p, src) for p in rule["from"]))
+        for np in ingress
+        for rule in np["spec"].get("ingress", [])
+    )
+
+
+def allowed_paths(objs: list[Obj]) -> set[tuple[str, str, int]]:
+    """(source, destination, port) for every allowed TCP connection to a declared port.
+
+    Sources: every workload's pods, `world` (outside the cluster) and `prometheus` (a pod in
+    the monitoring namespace). Destinations: every declared container port of every
+    workload. DNS, which every pod needs, is checked separately (`dns_allowed`).
+    """
+    pods = pod_endpoints(objs)
+    paths = set()
+    for dst in pods:
+        ports = {p["containerPort"] for p in container_ports(dst.pod_spec)}
+        for src in [*pods, WORLD, PROMETHEUS]:
+            for port in sorted(ports):
+                if allows(objs, src, dst, port):
+                    paths.add((src.name, dst.name, port))
+    return paths
+
+
+def dns_allowed(objs: list[Obj], pod: Endpoint) -> bool:
+    return allows(objs, pod, KUBE_DNS, 53, "UDP") and allows(objs, pod, KUBE_DNS, 53, "TCP")
+
+
+def main(argv: list[str]) -> int:
+    status = 0
+    for arg in argv or [str(p) for p in overlays()]:
+        errors = validate(render(Path(arg)))
+        print(f"{arg}: {'ok' if not errors else f'{len(errors)} error(s)'}")
+        for e in errors:
+            print(f"  {e}")
+        status |= bool(errors)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Tests of `gati up`, `gati status` and `gati down`."""
