@@ -60,6 +60,10 @@ def bundle_counter_key(model: str) -> str:
 
 
 BUNDLE_MODELS_KEY = "gati:bundle:models"  # Redis set of every model with a published bundle
+# A random token written once, with the first bundle ever published to this Redis. If Redis
+# loses its data, version numbers start again at 1 under a new token, so a cache service can
+# tell a new v1 from the v1 it already holds.
+BUNDLE_EPOCH_KEY = "gati:bundles:epoch"
 BUNDLE_CHANNEL = "gati:bundles"  # pub/sub: JSON {"model": str, "version": int} on publish
 
 # --- environment variables ------------------------------------------------------------------

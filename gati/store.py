@@ -18,6 +18,7 @@ and the trainer; it never imports a service.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[5], ARGV[6], 'NX')
 local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[2]) > cur then
   redis.call('SET', KEYS[3], ARGV[2])
@@ -129,6 +131,7 @@ class BundleStore:
                 names.bundle_versions_key(model),
                 names.bundle_pointer_key(model),
                 names.BUNDLE_MODELS_KEY,
+                names.BUNDLE_EPOCH_KEY,
             ],
             args=[
                 data,
@@ -136,6 +139,7 @@ class BundleStore:
                 model,
                 names.BUNDLE_CHANNEL,
                 Announcement(model, version).to_json(),
+                uuid.uuid4().hex,
             ],
         )
         return version
@@ -155,6 +159,11 @@ class BundleStore:
         pipe.execute()
 
     # ---- readers ---------------------------------------------------------------------------
+    def epoch(self) -> str | None:
+        """The token of this Redis's bundle history (changes when Redis lost its data)."""
+        raw = self.client.get(names.BUNDLE_EPOCH_KEY)
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
     def pointer(self, model: str) -> int | None:
         """The version the model uses now (one GET), or None if none was ever published."""
         raw = self.client.get(names.bundle_pointer_key(model))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gati.api import cache_pb2 as gati_dot_api_dot_cache__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gati/api/records.proto\x12\x07gati.v1\x1a\x14gati/api/cache.proto\"E\n\x0fLayerActivation\x12\r\n\x05layer\x18\x01 \x01(\t\x12#\n\nactivation\x18\x02 \x01(\x0b\x32\x0f.gati.v1.Tensor\"\x99\x02\n\x10\x41\x63tivationRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12-\n\x0b\x61\x63tivations\x18\x04 \x03(\x0b\x32\x18.gati.v1.LayerActivation\x12\x10\n\x08has_base\x18\x05 \x01(\x08\x12\x12\n\nbase_label\x18\x06 \x01(\x05\x12\x13\n\x0b\x62\x61se_scores\x18\x07 \x03(\x02\x12\x0b\n\x03hit\x18\x08 \x01(\x08\x12\x12\n\nexit_layer\x18\t \x01(\t\x12\x14\n\x0cserved_label\x18\n \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x0b \x01(\x03\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x0b\n\x03row\x18\r \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gati/api/records.proto\x12\x07gati.v1\x1a\x14gati/api/cache.proto\"E\n\x0fLayerActivation\x12\r\n\x05layer\x18\x01 \x01(\t\x12#\n\nactivation\x18\x02 \x01(\x0b\x32\x0f.gati.v1.Tensor\"\xb0\x02\n\x10\x41\x63tivationRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12-\n\x0b\x61\x63tivations\x18\x04 \x03(\x0b\x32\x18.gati.v1.LayerActivation\x12\x10\n\x08has_base\x18\x05 \x01(\x08\x12\x12\n\nbase_label\x18\x06 \x01(\x05\x12\x13\n\x0b\x62\x61se_scores\x18\x07 \x03(\x02\x12\x0b\n\x03hit\x18\x08 \x01(\x08\x12\x12\n\nexit_layer\x18\t \x01(\t\x12\x14\n\x0cserved_label\x18\n \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x0b \x01(\x03\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x0b\n\x03row\x18\r \x01(\x05\x12\x15\n\rlookup_rtt_ms\x18\x0e \x01(\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LAYERACTIVATION']._serialized_start=57
   _globals['_LAYERACTIVATION']._serialized_end=126
   _globals['_ACTIVATIONRECORD']._serialized_start=129
-  _globals['_ACTIVATIONRECORD']._serialized_end=410
+  _globals['_ACTIVATIONRECORD']._serialized_end=433
 # @@protoc_insertion_point(module_scope)

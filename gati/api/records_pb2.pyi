@@ -16,7 +16,7 @@ class LayerActivation(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., activation: _Optional[_Union[_cache_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class ActivationRecord(_message.Message):
-    __slots__ = ("request_id", "model", "time", "activations", "has_base", "base_label", "base_scores", "hit", "exit_layer", "served_label", "bundle_version", "shadow", "row")
+    __slots__ = ("request_id", "model", "time", "activations", "has_base", "base_label", "base_scores", "hit", "exit_layer", "served_label", "bundle_version", "shadow", "row", "lookup_rtt_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class ActivationRecord(_message.Message):
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_RTT_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     time: float
@@ -43,4 +44,5 @@ class ActivationRecord(_message.Message):
     bundle_version: int
     shadow: bool
     row: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., time: _Optional[float] = ..., activations: _Optional[_Iterable[_Union[LayerActivation, _Mapping]]] = ..., has_base: _Optional[bool] = ..., base_label: _Optional[int] = ..., base_scores: _Optional[_Iterable[float]] = ..., hit: _Optional[bool] = ..., exit_layer: _Optional[str] = ..., served_label: _Optional[int] = ..., bundle_version: _Optional[int] = ..., shadow: _Optional[bool] = ..., row: _Optional[int] = ...) -> None: ...
+    lookup_rtt_ms: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., time: _Optional[float] = ..., activations: _Optional[_Iterable[_Union[LayerActivation, _Mapping]]] = ..., has_base: _Optional[bool] = ..., base_label: _Optional[int] = ..., base_scores: _Optional[_Iterable[float]] = ..., hit: _Optional[bool] = ..., exit_layer: _Optional[str] = ..., served_label: _Optional[int] = ..., bundle_version: _Optional[int] = ..., shadow: _Optional[bool] = ..., row: _Optional[int] = ..., lookup_rtt_ms: _Optional[float] = ...) -> None: ...

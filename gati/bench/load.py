@@ -25,6 +25,7 @@ class Run:
     sent_at: np.ndarray  # [n] seconds since the run started
     wall_s: float
     errors: int
+    exact_hit: np.ndarray | None = None  # [n] bool: answered by the exact-match cache
 
     def throughput(self) -> float:
         return len(self.latency_s) / self.wall_s if self.wall_s > 0 else 0.0
@@ -47,6 +48,7 @@ def closed_loop(
     hit = np.zeros(n, dtype=bool)
     version = np.zeros(n, dtype=np.int64)
     sent = np.zeros(n)
+    exact = np.zeros(n, dtype=bool)
     exits = [""] * n
     errors = [0]
     next_index = iter(range(n))
@@ -74,7 +76,16 @@ def closed_loop(
             hit[i] = reply.parameters[names.PARAM_HIT].bool_param
             exits[i] = reply.parameters[names.PARAM_EXIT_LAYER].string_param
             version[i] = reply.parameters[names.PARAM_BUNDLE_VERSION].int64_param
+            exact[i] = reply.parameters[names.PARAM_EXACT_HIT].bool_param
             bar.update()
+            if progress and i % 100 == 99:  # live figures over the last 100 of the stream
+                recent = slice(i - 99, i + 1)
+                bar.set_postfix(
+                    ms=f"{latency[recent].mean() * 1e3:.2f}",
+                    hit=f"{(hit[recent] | exact[recent]).mean():.0%}",
+                    v=int(version[i]),
+                    refresh=False,
+                )
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for t in threads:
@@ -83,4 +94,73 @@ def closed_loop(
         t.join()
     wall = time.perf_counter() - t0
     bar.close()
-    return Run(latency, labels, hit, exits, version, sent, wall, errors[0])
+    return Run(latency, labels, hit, exits, version, sent, wall, errors[0], exact)
+
+
+def interleaved(
+    targets: dict[str, tuple[grpc.Channel, bool]],
+    model: str,
+    images: np.ndarray,
+    desc: str = "",
+    progress: bool = True,
+    rate: float = 0.0,
+) -> dict[str, Run]:
+    """One client, batch 1: request i goes to every target before request i + 1 goes to any.
+
+    `targets` maps a name to (channel, gati.caches). Whoever goes first rotates from one
+    request to the next. Load from elsewhere on the machine (other jobs, a trainer fitting
+    in the background) then falls on every target alike, so their ratios hold even when
+    absolute times drift. `rate` > 0 paces the rounds: round i starts no earlier than
+    i / rate seconds.
+    """
+    n, order = len(images), list(targets)
+    stubs = {k: pb_grpc.GRPCInferenceServiceStub(ch) for k, (ch, _) in targets.items()}
+    out = {
+        k: Run(
+            np.zeros(n),
+            np.full(n, -1, dtype=np.int64),
+            np.zeros(n, dtype=bool),
+            [""] * n,
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n),
+            0.0,
+            0,
+            np.zeros(n, dtype=bool),
+        )
+        for k in order
+    }
+    bar = tqdm(total=n, desc=desc, unit="req", disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    for i in range(n):
+        if rate > 0 and (wait := t0 + i / rate - time.perf_counter()) > 0:
+            time.sleep(wait)
+        for j in range(len(order)):
+            k = order[(i + j) % len(order)]
+            r = out[k]
+            req = request(model, images[i][None], caches=targets[k][1])
+            start = time.perf_counter()
+            r.sent_at[i] = start - t0
+            try:
+                reply = stubs[k].ModelInfer(req, timeout=30)
+            except grpc.RpcError:
+                r.latency_s[i] = time.perf_counter() - start
+                r.errors += 1
+                continue
+            r.latency_s[i] = time.perf_counter() - start
+            r.labels[i] = np.frombuffer(reply.raw_output_contents[1], dtype=np.int64)[0]
+            r.hit[i] = reply.parameters[names.PARAM_HIT].bool_param
+            r.exit_layer[i] = reply.parameters[names.PARAM_EXIT_LAYER].string_param
+            r.bundle_version[i] = reply.parameters[names.PARAM_BUNDLE_VERSION].int64_param
+            r.exact_hit[i] = reply.parameters[names.PARAM_EXACT_HIT].bool_param  # type: ignore[index]
+        bar.update()
+        if progress and i % 100 == 99:  # mean ms over the last 100 requests, per target
+            recent = slice(i - 99, i + 1)
+            bar.set_postfix(
+                {k: f"{out[k].latency_s[recent].mean() * 1e3:.1f}ms" for k in order},
+                refresh=False,
+            )
+    wall = time.perf_counter() - t0
+    bar.close()
+    for r in out.values():
+        r.wall_s = wall
+    return out

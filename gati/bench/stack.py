@@ -9,13 +9,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from gati import names
 from gati.api import grpc_service_pb2 as pb
@@ -40,6 +42,20 @@ class Stack:
     kafka_bootstrap: str | None
     processes: dict[str, ManagedProcess]
     log_dir: Path
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """One sample from a service's Prometheus endpoint (0 when absent)."""
+        url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(
@@ -129,6 +145,7 @@ def local_stack(
     """Start what is asked for, healthy, in separate processes; stop it all on exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, ManagedProcess] = {}
+    metrics_ports: dict[str, int] = {}
     with ExitStack() as stop:
         redis_url = cache_port = bootstrap = None
         if cache or trainer:
@@ -152,6 +169,7 @@ def local_stack(
                 "--redis-url",
                 redis_url,
                 *cache_args,
+                metrics_ports=metrics_ports,
             )
         if trainer:
             procs["trainer"] = _service(
@@ -171,6 +189,7 @@ def local_stack(
                 "--weights",
                 weights,
                 *trainer_args,
+                metrics_ports=metrics_ports,
             )
         extra = list(inference_args)
         if cache:
@@ -191,13 +210,21 @@ def local_stack(
             "--weights",
             weights,
             *extra,
+            metrics_ports=metrics_ports,
         )
-        yield Stack(inference_port, cache_port, redis_url, bootstrap, procs, log_dir)
+        yield Stack(inference_port, cache_port, redis_url, bootstrap, procs, log_dir, metrics_ports)
 
 
 def _service(
-    stop: ExitStack, log_dir: Path, kind: str, port: int, health: str, *args: str | None
+    stop: ExitStack,
+    log_dir: Path,
+    kind: str,
+    port: int,
+    health: str,
+    *args: str | None,
+    metrics_ports: dict[str, int],
 ) -> ManagedProcess:
+    metrics_ports[kind] = free_port()
     proc = ManagedProcess(
         kind,
         gati_argv(
@@ -206,7 +233,7 @@ def _service(
             "--port",
             str(port),
             "--metrics-port",
-            "0",
+            str(metrics_ports[kind]),
             *(a for a in args if a is not None),
         ),
         log_dir / f"{kind}.log",

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from gati import config as cfg
-from services.cache.config import CacheConfig
+# One lookup is a few small matrix products: BLAS worker threads only add hand-off latency
+# and fight the inference service for the cores. Must be set before numpy loads its BLAS.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from gati import config as cfg  # noqa: E402 - after the thread settings above
+from services.cache.config import CacheConfig  # noqa: E402
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

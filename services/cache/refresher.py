@@ -87,7 +87,10 @@ class BundleRefresher:
         self.models = tuple(models)  # empty: every model Redis has a bundle for
         self.refresh_s = refresh_s
         self._backoff = (backoff_first_s, backoff_max_s)
-        self._refused: dict[str, int] = {}  # model -> version refused while the pointer stays
+        # model -> (epoch, version) refused while the pointer stays
+        self._refused: dict[str, tuple[str | None, int]] = {}
+        # model -> epoch of Redis's bundle history when its runtime was installed
+        self._epochs: dict[str, str | None] = {}
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._sync_lock = threading.Lock()
@@ -133,13 +136,19 @@ class BundleRefresher:
 
     def _sync_model(self, model: str) -> None:
         version = self.store.pointer(model)
-        if version is None or version == self.probes.version(model):
-            return  # nothing published, or already in use
-        if self._refused.get(model) == version:
+        if version is None:
+            return  # nothing published
+        # A version number names a bundle only within one history of Redis: after Redis lost
+        # its data, numbering starts again under a new epoch token.
+        epoch = self.store.epoch()
+        held = self.probes.version(model)
+        if version == held and epoch == self._epochs.get(model):
+            return  # already in use
+        if self._refused.get(model) == (epoch, version):
             return  # refused already; wait for the pointer to move
         runtime = self._load(model, version)
         if runtime is None:
-            self._refused[model] = version
+            self._refused[model] = (epoch, version)
             if self.probes.get(model) is not None:
                 return  # the last good bundle stays
             # Nothing held (a fresh start behind a bad pointer): serve what the replicas that
@@ -151,6 +160,7 @@ class BundleRefresher:
             self._refused.pop(model, None)
         old = self.probes.version(model)
         self.probes.install(model, runtime)
+        self._epochs[model] = epoch
         log.info(
             "model %s: bundle v%d -> v%d (%d active layers)",
             model,

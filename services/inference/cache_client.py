@@ -12,6 +12,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class ActivePlan:
 class PendingLookup:
     """One lookup in flight; `reply` is set by the stream's reader thread."""
 
-    __slots__ = ("layer", "model", "reply", "rows", "seq", "stage")
+    __slots__ = ("layer", "model", "replied_at", "reply", "rows", "sent_at", "seq", "stage")
 
     def __init__(self, seq: int, model: str, layer: str, stage: int, rows: np.ndarray) -> None:
         self.seq = seq
@@ -49,6 +50,8 @@ class PendingLookup:
         self.stage = stage
         self.rows = rows  # batch row ids the activation rows belong to
         self.reply: cache_pb2.LookupReply | None = None
+        self.sent_at = time.perf_counter()
+        self.replied_at = 0.0
 
 
 class CacheClient:
@@ -164,6 +167,7 @@ class CacheClient:
                     pending = self._pending.pop(reply.seq, None)
                     if pending is None:
                         continue  # the request finished without it
+                    pending.replied_at = time.perf_counter()
                     pending.reply = reply
                     plan = self._plans.get(pending.model)
                     if plan is not None and reply.bundle_version != plan.version:
@@ -243,3 +247,12 @@ class CacheClient:
         self._channel.close()
         for t in self._threads:
             t.join(timeout=2)
+
+
+def round_trip_ms(lookups: list[PendingLookup], now: float) -> float:
+    """Mean send-to-reply time of a request's lookups, in ms; a reply still out counts with
+    the time it has waited so far (a lower bound, so late replies are not simply ignored)."""
+    if not lookups:
+        return 0.0
+    waits = [(p.replied_at or now) - p.sent_at for p in lookups]
+    return 1000.0 * sum(waits) / len(waits)

@@ -66,6 +66,7 @@ class InferenceConfig:
         require(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024")
         require(0.0 <= self.shadow_fraction <= 1.0, "shadow_fraction", "must be within 0..1")
         require(self.record_queue >= 1, "record_queue", "must be at least 1")
+        require(0.0 < self.agreement_target < 1.0, "agreement_target", "must be within (0, 1)")
         require(bool(self.model_specs()), "model", "serve at least one model (--model, --arch)")
 
     def model_specs(self) -> list[ModelSpec]:

@@ -20,7 +20,12 @@ import torch
 from gati.errors import InvalidArgument, NotFound
 from gati.models import StagedModel
 from gati.probes.reductions import reduce
-from services.inference.cache_client import ActivePlan, CacheClient, PendingLookup
+from services.inference.cache_client import (
+    ActivePlan,
+    CacheClient,
+    PendingLookup,
+    round_trip_ms,
+)
 from services.inference.exact_cache import ExactCache
 from services.inference.guard import LiveGuard
 from services.inference.metrics import InferenceMetrics
@@ -49,6 +54,7 @@ class RecordJob:
     request_id: str
     time: float
     rows: list[RowRecord] = field(default_factory=list)
+    lookup_rtt_ms: float = 0.0  # see records.proto: feeds the trainer's cost model
 
 
 class RecordSink(Protocol):
@@ -197,17 +203,17 @@ class Engine:
                         st.acts[int(p)].append((cut, h[j]))
                 if i in active:
                     layer, reduction = active[i]
-                    st.pending.append(
-                        self.cache.lookup(  # type: ignore[union-attr]
-                            st.request_id,
-                            st.served.name,
-                            layer,
-                            i,
-                            reduce(h, reduction).numpy(),
-                            row_ids[st.alive].astype(np.int32),
-                            st.version,
-                        )
+                    lookup = self.cache.lookup(  # type: ignore[union-attr]
+                        st.request_id,
+                        st.served.name,
+                        layer,
+                        i,
+                        reduce(h, reduction).numpy(),
+                        row_ids[st.alive].astype(np.int32),
+                        st.version,
                     )
+                    st.pending.append(lookup)
+                    st.sent.append(lookup)
                 if st.pending:
                     keep = self._take_hits(st, h, i)
                     if keep is not None:
@@ -221,6 +227,8 @@ class Engine:
             unanswered = self.cache.forget(st.pending)
             if unanswered:
                 self.metrics.lookup_unanswered.labels(st.served.name).inc(unanswered)
+        if st.job is not None:
+            st.job.lookup_rtt_ms = round_trip_ms(st.sent, time.perf_counter())
 
     def _finish_full(self, st: _Pass, logits: np.ndarray) -> None:
         """Rows that ran the whole model: their logits are the base model's answer."""
@@ -317,7 +325,8 @@ class _Pass:
     keys: list[bytes]
     job: RecordJob | None
     first_exit: str = ""
-    pending: list[PendingLookup] = field(default_factory=list)
+    pending: list[PendingLookup] = field(default_factory=list)  # sent, reply not applied yet
+    sent: list[PendingLookup] = field(default_factory=list)  # every lookup of the request
     row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     alive: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     acts: dict[int, list[tuple[str, torch.Tensor]]] = field(default_factory=dict)

@@ -94,9 +94,14 @@ class ShadowRunner:
             if job.rows and self._recorder is not None:
                 self._recorder.submit(job)
         except Exception:
-            log.exception("shadow completion failed")
+            log.exception("shadow completion failed; recording its hits without a base label")
+            unlabelled = [rec for *_, rec in rows if rec is not None]
+            if unlabelled and self._recorder is not None:
+                self._recorder.submit(RecordJob(served.name, request_id, time.time(), unlabelled))
         finally:
             self._slots.release()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Finish what runs (at most `inflight` jobs: submit never queues beyond the slots),
+        so every accepted hit's record is handed on."""
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,150 @@
+"""Where the probes CLI gets its records and its cost model (shared by `fit` and `eval`).
+
+Records come either from a range of a dataset (`--start/--stop`, every image once, in order)
+or from a window of a workload stream built over that range (`--workload`, `--requests`,
+`--seed`, `--window-from/--window-to`): fit on one window, evaluate on the next, with the same
+stream arguments. Groups are the dataset index of each request (an image recurs in
+`instance-locality`; its errors are correlated).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gati.data.cifar import load_dataset
+from gati.models import StagedModel
+from gati.probes.collect import cached_collect
+from gati.probes.costs import CostModel, measure_stage_ms
+from gati.workloads import WORKLOADS, make_stream
+
+
+@dataclass
+class Records:
+    acts: dict[str, np.ndarray]  # cut -> [N, C*16] pool4 float16
+    logits: np.ndarray  # [N, K] base model
+    labels: np.ndarray  # [N] ground truth
+    groups: np.ndarray  # [N] dataset index of each request's image
+    seen: np.ndarray | None  # [N] bool: image appeared earlier in the stream (workloads)
+    description: str
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", required=True, help="model architecture, e.g. resnet56")
+    parser.add_argument("--weights", required=True, help="model weights file")
+    parser.add_argument("--data", required=True, help="dataset: npz or CIFAR-10 python archive")
+    parser.add_argument("--start", type=int, default=0, help="first image of the range")
+    parser.add_argument("--stop", type=int, default=None, help="end of the range (exclusive)")
+    parser.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default=None,
+        help="build a request stream over the range instead of using it in order",
+    )
+    parser.add_argument("--requests", type=int, default=8000, help="stream length (--workload)")
+    parser.add_argument("--seed", type=int, default=0, help="stream seed (--workload)")
+    parser.add_argument(
+        "--window-from",
+        type=int,
+        default=0,
+        help="first request of the stream used here (--workload)",
+    )
+    parser.add_argument(
+        "--window-to",
+        type=int,
+        default=None,
+        help="end of the stream window used here (--workload; default: all)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for the model (1: stable timings on shared cores)",
+    )
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="directory caching collected activations (npz, keyed by model+images)",
+    )
+
+
+def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lookup",
+        choices=("local", "remote"),
+        default="local",
+        help="cost model: in-process serial lookups, or remote overlapped ones",
+    )
+    parser.add_argument("--rtt-ms", type=float, default=0.3, help="remote lookup round trip")
+    parser.add_argument(
+        "--send-ms",
+        type=float,
+        default=0.02,
+        help="remote: critical-path cost of sending one lookup",
+    )
+    parser.add_argument(
+        "--stage-reps", type=int, default=100, help="repetitions when timing each stage at batch 1"
+    )
+
+
+def load_records(
+    args: argparse.Namespace,
+    model: StagedModel,
+    *,
+    progress: bool = True,
+    start: int | None = None,
+    stop: int | None = None,
+    flip: bool = False,
+) -> Records:
+    """The records `args` select (or images start..stop of the dataset, in order; mirrored
+    left-right when `flip`: the base model labels any input, so mirrored images are free
+    extra distillation data)."""
+    torch.set_num_threads(args.threads)
+    first = args.start if start is None else start
+    last = args.stop if start is None else stop
+    x, y = load_dataset(Path(args.data), first, last)
+    if flip:
+        x = np.ascontiguousarray(x[:, :, ::-1])  # [N, H, W, C]: mirror the width
+    if args.workload is None or start is not None:
+        acts, logits = cached_collect(model, x, args.cache, progress=progress)
+        return Records(
+            acts,
+            logits,
+            y,
+            np.arange(first, first + len(x)),
+            None,
+            f"{args.data}[{first}:{first + len(x)}]",
+        )
+    stream = make_stream(args.workload, x, y, args.requests, args.seed)
+    lo, hi = args.window_from, args.requests if args.window_to is None else args.window_to
+    if not 0 <= lo < hi <= len(stream):
+        raise ValueError(f"window {lo}:{hi} outside the stream of {len(stream)} requests")
+    if args.cache:  # cache the whole stream once: fit and eval windows then slice it
+        acts, logits = cached_collect(model, stream.images, args.cache, progress=progress)
+        acts, logits = {c: a[lo:hi] for c, a in acts.items()}, logits[lo:hi]
+    else:
+        acts, logits = cached_collect(model, stream.images[lo:hi], None, progress=progress)
+    seen = np.isin(stream.source[lo:hi], stream.source[:lo])
+    return Records(
+        acts,
+        logits,
+        y[stream.source[lo:hi]],
+        first + stream.source[lo:hi],
+        seen,
+        f"{args.workload} requests {lo}:{hi} of {args.requests} (seed {args.seed}) "
+        f"over {args.data}[{first}:{first + len(x)}]",
+    )
+
+
+def cost_from_args(args: argparse.Namespace, model: StagedModel) -> CostModel:
+    torch.set_num_threads(args.threads)
+    stage_ms = measure_stage_ms(model, reps=args.stage_reps)
+    return CostModel(tuple(model.cut_names), stage_ms, args.lookup, args.rtt_ms, args.send_ms)
+
+
+def channels_of(model: StagedModel) -> dict[str, int]:
+    return {cut: int(shape[0]) for cut, shape in model.cut_shapes().items()}

@@ -1,0 +1,23 @@
+"""`gati serve trainer`: learn probes from activation records on Kafka, publish to Redis."""
+
+from __future__ import annotations
+
+import argparse
+
+from gati import config as cfg
+from services.trainer.config import TrainerConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cfg.add_arguments(parser, TrainerConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.trainer.server import build
+
+    config = cfg.load(TrainerConfig, args)
+    server = build(config)
+    print(f"gati trainer listening on {config.host}:{server.port} (health only)", flush=True)
+    server.handle.wait_for_signal(0.0)
+    server.close_clients(config.drain_seconds)
+    return 0

@@ -1,0 +1,127 @@
+"""Wiring of the trainer service: base model, window, Kafka source, learner, Redis, health.
+
+The gRPC server carries only health and reflection (HEALTH_TRAINER): NOT_SERVING until the
+base model is loaded and the loop thread runs, then SERVING. A broker or Redis that is down
+does not make the trainer unhealthy: it retries, and restarting it would not help.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from gati import names
+from gati.config import ConfigError
+from gati.models import StagedModel, load_model
+from services.common.grpc_server import GrpcServer, build_server
+from services.common.metrics import serve_metrics
+from services.trainer.config import TrainerConfig
+from services.trainer.consumer import RecordSource
+from services.trainer.learner import Learner
+from services.trainer.loop import TrainerLoop
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.publisher import Publisher
+from services.trainer.window import Window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerServer:
+    handle: GrpcServer
+    loop: TrainerLoop
+    metrics: TrainerMetrics
+    metrics_port: int | None
+    thread: threading.Thread
+    stopping: threading.Event
+
+    @property
+    def port(self) -> int:
+        return self.handle.port
+
+    def stop(self, grace: float = 0.0) -> None:
+        self.handle.stop(grace)
+        self.close_clients(grace)
+
+    def close_clients(self, grace: float = 5.0) -> None:
+        """Stop the loop (it finishes its step; a running fit may outlast `grace`), close."""
+        self.stopping.set()
+        self.thread.join(grace)
+        if self.thread.is_alive():
+            log.warning("trainer loop still busy after %.1fs; leaving it to exit", grace)
+            return  # the consumer belongs to that thread; the process exit closes it
+        self.loop.source.close()
+        self.loop.publisher.close()
+
+
+def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetrics) -> TrainerLoop:
+    """Everything but the gRPC server (tests drive a loop step by step)."""
+    assert config.model is not None
+    source = RecordSource(
+        config.kafka_bootstrap,
+        config.records_topic,
+        config.group_id,
+        session_timeout_ms=config.session_timeout_ms,
+        topic_check_seconds=config.topic_check_seconds,
+        on_commit_error=metrics.commit_errors.inc,
+        on_rejoin=lambda reason: metrics.rejoins.inc() if reason != "start" else None,
+    )
+    learner = Learner(
+        model,
+        config.model,
+        config.fit_config(),
+        holdout_fraction=config.holdout_fraction,
+        min_gain=config.min_gain,
+        lookup_mode=config.lookup_mode,
+        rtt_ms=config.rtt_ms,
+        group=config.group_neighbours,
+    )
+    publisher = Publisher(
+        config.redis_url, config.redis_password, config.model, model.fingerprint(), metrics
+    )
+    return TrainerLoop(
+        config.model,
+        source,
+        Window(config.window_records, config.window_seconds),
+        learner,
+        publisher,
+        metrics,
+        min_records=config.min_records,
+        retrain_every=config.retrain_every,
+        retrain_seconds=config.retrain_seconds,
+        threads=config.threads,
+    )
+
+
+def build(config: TrainerConfig) -> TrainerServer:
+    """Load the base model, start the loop and the health server (SERVING once running)."""
+    if not config.model or not config.arch:
+        raise ConfigError("model: the trainer needs --model and --arch (and --weights)")
+    torch.set_num_threads(config.threads)
+    server, handle = build_server(
+        config.host, config.port, 4, 4 * 1024 * 1024, (names.HEALTH_TRAINER,), ()
+    )
+    server.start()  # health answers NOT_SERVING while the model loads
+    metrics = TrainerMetrics()
+    model = load_model(config.arch, config.weights)
+    log.info("model %s: %s, fingerprint %s", config.model, config.arch, model.fingerprint()[:12])
+    loop = build_loop(config, model, metrics)
+    stopping = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stopping,), name="trainer", daemon=True)
+    thread.start()
+    metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
+    handle.set_serving(True)
+    log.info(
+        "trainer for %s on port %d (metrics %s): Kafka %s topic %s group %s, Redis %s",
+        config.model,
+        handle.port,
+        metrics_port,
+        config.kafka_bootstrap,
+        config.records_topic,
+        config.group_id,
+        config.redis_url.split("@")[-1],
+    )
+    return TrainerServer(handle, loop, metrics, metrics_port, thread, stopping)

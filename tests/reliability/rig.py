@@ -1,0 +1,177 @@
+"""The stack under test: every gati process on one machine, and the handles to hurt it.
+
+One stack serves the whole session (starting three torch processes costs about 30 s on two
+cores): private Redis, Tansu broker, cache service, trainer and inference service, ResNet-20,
+caches and activation records on. Each test leaves it healthy, with a good bundle current.
+
+Settings chosen for the suite, and why:
+- exact-match cache off: every served row then becomes exactly one activation record, so
+  records offered = rows served (`gati_inference_rows`), the basis of the drop accounting;
+- a small record queue (256 rows, also the cap on unacknowledged records): a broker outage of
+  a few seconds must overflow it, so drops are seen without waiting for Kafka's 10 s delivery
+  timeout;
+- two recorded cuts, so records are small and the in-memory broker stays small;
+- the live guard's agreement target near 0: the synthetic probes answer at random (threshold
+  0: every lookup hits), and the guard would otherwise switch them off within a second, ending
+  the lookups the cache-service faults need; shadow completions still run;
+- the trainer never retrains (thresholds out of reach): rounds would take the CPU from serving
+  and publish bundles over the ones the tests publish; it still consumes and commits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from gati import names
+from gati.api import cache_pb2, cache_pb2_grpc
+from gati.api import grpc_service_pb2 as pb
+from gati.api import grpc_service_pb2_grpc as pb_grpc
+from gati.bench.stack import Stack, request, wait_for_bundle
+from gati.local.processes import ManagedProcess, wait_for_health, wait_for_port
+from gati.probes.synthetic import random_bundle
+from gati.store import BundleStore
+from tests.reliability.figures import Figures
+from tests.reliability.load import CHANNEL_OPTIONS, Load
+from tests.reliability.observe import Samples, rss, scrape, serving
+
+MODEL = "cifar"
+ARCH = "resnet20"
+LAYERS = {"layer1.1": ("linear", 16), "layer2.0": ("linear", 32)}  # cut -> (variant, channels)
+RECORD_QUEUE = 256
+INFERENCE_ARGS = (
+    "--exact-cache-entries", "0",
+    "--plan-refresh-seconds", "0.2",
+    "--record-queue", str(RECORD_QUEUE),
+    "--record-layers", ",".join(LAYERS),
+    "--agreement-target", "0.01",
+)  # fmt: skip
+CACHE_ARGS = ("--refresh-seconds", "0.5", "--redis-backoff-max-seconds", "1")
+TRAINER_ARGS = (
+    "--window-records", "1000",
+    "--min-records", "1000",
+    "--retrain-every", "1000000000",
+    "--retrain-seconds", "1e9",
+    "--topic-check-seconds", "2",
+)  # fmt: skip
+HEALTH = {
+    "inference": names.HEALTH_INFERENCE,
+    "cache": names.HEALTH_CACHE,
+    "trainer": names.HEALTH_TRAINER,
+}
+SERVICES = ("inference", "cache", "trainer")
+RESTART_TIMEOUT = 120  # a torch process starting on two saturated cores
+
+
+@dataclass
+class Rig:
+    stack: Stack
+    images: np.ndarray  # uint8 [n, 32, 32, 3]
+    fingerprint: str
+    figures: Figures
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.stack.inference_port}"
+
+    def proc(self, name: str) -> ManagedProcess:
+        return self.stack.processes[name]
+
+    def metrics(self, name: str) -> Samples:
+        return scrape(self.proc(name))
+
+    def healthy(self, name: str) -> bool:
+        return serving(f"127.0.0.1:{_port(self.proc(name))}", HEALTH[name])
+
+    # --- bundles -------------------------------------------------------------------------------
+    def publish(self, seed: int, layers: dict[str, tuple[str, int]] = LAYERS) -> int:
+        """Publish a good synthetic bundle (every lookup hits); returns its version."""
+        bundle = random_bundle(
+            layers, model_id=MODEL, fingerprint=self.fingerprint, threshold=0.0, seed=seed
+        )
+        store = BundleStore(self.stack.redis_url)  # a fresh client: Redis may have restarted
+        try:
+            return store.publish(bundle, model=MODEL)
+        finally:
+            store.close()
+
+    def wait_version(self, version: int, timeout: float = 30.0) -> float:
+        """Seconds until answers carry bundle `version` (sends its own requests)."""
+        return wait_for_bundle(self.stack, MODEL, self.images[0], version, timeout)
+
+    def ask(self, image: int = 0, caches: bool = True) -> pb.ModelInferResponse:
+        """One request of our own (raises grpc.RpcError on failure)."""
+        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return stub.ModelInfer(request(MODEL, self.images[image][None], caches), timeout=10)
+
+    def plan(self) -> tuple[int, list[str]]:
+        """(bundle version, active layers) the cache service holds for the model now."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.stack.cache_port}") as channel:
+            reply = cache_pb2_grpc.CacheServiceStub(channel).GetPlan(
+                cache_pb2.PlanRequest(model=MODEL), timeout=5
+            )
+        return reply.bundle_version, [lp.layer for lp in reply.layers]
+
+    # --- load ------------------------------------------------------------------------------------
+    @contextmanager
+    def load(self, clients: int = 4, **kw: float) -> Iterator[Load]:
+        """Clients running for the body of the `with`; their outcomes go into the figures."""
+        load = Load(self.address, MODEL, self.images, clients, **kw).start()
+        try:
+            yield load
+        finally:
+            self.figures.add_load(load.stop())
+
+    # --- faults ----------------------------------------------------------------------------------
+    def bring_back(self, name: str) -> float:
+        """Start a stopped or killed process again (same argv, same port); seconds to healthy."""
+        proc = self.proc(name)
+        assert not proc.alive(), f"{name} is still running"
+        start = time.monotonic()
+        proc.start()
+        if name in HEALTH:
+            try:
+                wait_for_health(
+                    f"127.0.0.1:{_port(proc)}", HEALTH[name], RESTART_TIMEOUT, proc.proc
+                )
+            except Exception as exc:
+                raise RuntimeError(f"{name} did not come back:\n{proc.log_tail()}") from exc
+        else:  # redis, kafka
+            wait_for_port("127.0.0.1", _port(proc), 30, proc.proc)
+        return time.monotonic() - start
+
+    # --- observations ----------------------------------------------------------------------------
+    def records(self) -> dict[str, float]:
+        """Records offered (rows served), sent and dropped per reason, from the inference side."""
+        m = self.metrics("inference")
+        out = {
+            "offered": m.get("gati_inference_rows_total"),
+            "sent": m.get("gati_records_sent_total"),
+        }
+        for reason, value in m.by("gati_records_dropped_total", "reason").items():
+            out[f"dropped:{reason}"] = value
+        return out
+
+    def rss(self) -> dict[str, int]:
+        return {name: rss(proc) for name, proc in self.stack.processes.items()}
+
+
+def unaccounted(records: dict[str, float]) -> float:
+    """Records neither sent nor counted as dropped (still queued or in flight, or lost)."""
+    dropped = sum(v for k, v in records.items() if k.startswith("dropped:"))
+    return records["offered"] - records["sent"] - dropped
+
+
+def _port(proc: ManagedProcess) -> int:
+    """The port a process listens on, from its argv (services, Redis, Tansu)."""
+    argv = proc.argv
+    if "--port" in argv:
+        return int(argv[argv.index("--port") + 1])
+    url = argv[argv.index("--listener-url") + 1]  # tcp://host:port
+    return int(url.rsplit(":", 1)[1])
