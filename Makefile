@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-ASSETS ?= $(abspath ../shared/assets)
+ASSETS ?= $(or $(GATI_ASSETS),$(abspath ../shared/assets))
 export GATI_ASSETS := $(ASSETS)
 
 .PHONY: venv redis demo test lint proto proto-check bench clean
