@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 # Valid values kept here because their modules import torch, which `gati serve trainer --help`
 # should not pay for; tests/trainer/test_config.py checks they match gati.probes.
-VARIANTS = ("linear", "mlp", "conv")  # gati.probes.variants.VARIANTS
+VARIANTS = ("linear", "mlp", "conv", "knn")  # gati.probes.variants.VARIANTS
 COST_MODES = ("local", "remote")  # gati.probes.costs.MODES
 
 
