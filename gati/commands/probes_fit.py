@@ -19,7 +19,8 @@ import numpy as np
 from gati.models import load_model
 from gati.probes.bundle import Bundle
 from gati.probes.distill import TrainConfig
-from gati.probes.fit import FIT_SELECTORS, FitConfig, fit_bundle
+from gati.probes.fit import FitConfig, fit_bundle
+from gati.probes.selectors import FIT_SELECTORS
 from gati.probes.sources import (
     add_cost_arguments,
     add_source_arguments,
@@ -70,7 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--memory-reduction", default="pool2", choices=("pool1", "pool2", "pool4"))
     parser.add_argument("--target", type=float, default=0.99, help="cascade agreement target")
-    parser.add_argument("--calibration", choices=("empirical", "ltt"), default="empirical")
+    parser.add_argument(
+        "--calibration",
+        choices=("ltt", "empirical"),
+        default="ltt",
+        help="ltt: agreement >= target with probability >= 1 - delta (see docs/probes.md); "
+        "empirical: the calibration rows' agreement >= target + margin",
+    )
     parser.add_argument("--delta", type=float, default=0.1, help="ltt: allowed failure chance")
     parser.add_argument("--margin", type=float, default=0.0, help="empirical: target + margin")
     parser.add_argument("--new-fraction", type=float, default=0.2)

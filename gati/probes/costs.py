@@ -108,9 +108,9 @@ class CostModel:
 
 
 # Timings report a low quantile, not the median: on a shared machine other processes' load
-# inflates the median (measured here: ResNet-56 at 6.4 ms alone, 17 ms median under load),
-# while the 10th percentile stays close to the machine's uncontended speed. Stages and lookups
-# are measured the same way, so their ratio, which is what a speedup is, stays honest.
+# inflates the median (ResNet-56 at batch 1 measured 17.7 ms median here under load, against
+# ~6.4 ms on a quiet machine per DESIGN.md), and a low quantile is closer to the machine's own
+# speed. Stages and lookups are timed the same way, so their ratio (a speedup) stays honest.
 QUANTILE = 0.1
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SELECTORS = ("max-softmax", "logistic")
+FIT_SELECTORS = ("auto", *SELECTORS)  # "auto": fit both, keep the one that saves more
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from gati import names
 from gati.config import require
 from gati.probes.calibration import MODES as CALIBRATION_MODES
-from gati.probes.selectors import SELECTORS
+from gati.probes.selectors import FIT_SELECTORS
 
 if TYPE_CHECKING:
     from gati.probes.fit import FitConfig
@@ -49,7 +49,10 @@ class TrainerConfig:
     # --- fitting (gati.probes.fit.FitConfig) ---
     variants: tuple[str, ...] = _f(("linear", "mlp"), "probe variants tried per cut")
     layers: tuple[str, ...] = _f((), "candidate cuts (empty: every cut the records carry)")
-    selector: str = _f("logistic", "selector: logistic (with novelty features) or max-softmax")
+    selector: str = _f(
+        "logistic",
+        "selector: logistic (novelty features), max-softmax, or auto (per cut, the faster)",
+    )
     calibration: str = _f("empirical", "threshold calibration: empirical or ltt")
     margin: float = _f(0.005, "empirical calibration aims at agreement_target + margin")
     max_probes: int = _f(8, "most active probes in a plan")
@@ -83,7 +86,7 @@ class TrainerConfig:
         require(self.min_gain >= 0, "min_gain", "must be >= 0")
         bad = [v for v in self.variants if v not in VARIANTS]
         require(bool(self.variants) and not bad, "variants", f"valid: {', '.join(VARIANTS)}")
-        require(self.selector in SELECTORS, "selector", f"valid: {', '.join(SELECTORS)}")
+        require(self.selector in FIT_SELECTORS, "selector", f"valid: {', '.join(FIT_SELECTORS)}")
         require(
             self.calibration in CALIBRATION_MODES,
             "calibration",

@@ -161,3 +161,50 @@ def test_bad_records_refused() -> None:
         fit(acts, logits)
     with pytest.raises(ValueError, match="variants"):
         FitConfig(variants=("transformer",))
+
+
+def recurring(
+    groups: np.ndarray, seed: int, ch: int = 16
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Requests of recurring 'images': each group is a fixed random point per cut (its class
+    drawn at random, so nothing generalises to a new group) plus small perturbations."""
+    rng = np.random.default_rng(seed)
+    world = np.random.default_rng(7)
+    centres = world.normal(size=(len(CUTS), 500, ch * 16))
+    classes = world.integers(0, K, 500)
+    logits = rng.normal(0, 1, (len(groups), K)).astype(np.float32)
+    logits[np.arange(len(groups)), classes[groups]] += 6.0
+    noise = rng.normal(size=(len(CUTS), len(groups), ch * 16))
+    acts = {
+        cut: (centres[i][groups] + 0.1 * noise[i]).astype(np.float16) for i, cut in enumerate(CUTS)
+    }
+    return acts, logits
+
+
+def test_familiarity_gate_keeps_new_images_out() -> None:
+    """A window of 40 recurring images; the next window adds 10 never seen. The learned
+    selector is gated and serves the recurring ones, not the new ones."""
+    rng = np.random.default_rng(0)
+    window = rng.integers(0, 40, 2000)
+    acts, logits = recurring(window, 1)
+    cfg = FitConfig(train=FAST, variants=("linear", "knn"), selector="logistic", memory_size=2000)
+    b = fit_bundle(
+        acts,
+        logits,
+        channels=dict.fromkeys(CUTS, 16),
+        cost=COST,
+        model_id="toy",
+        arch="toy",
+        fingerprint="f" * 32,
+        lookup_ms=LOOKUP,
+        config=cfg,
+        groups=window,
+    )
+    assert b.plan and all(e["selector"]["gate"] is not None for e in b.layers)
+    nxt = np.concatenate([rng.integers(0, 40, 900), rng.integers(100, 110, 100)])
+    acts2, logits2 = recurring(nxt, 2)
+    new = nxt >= 100
+    r = evaluate_bundle(b, acts2, logits2, cost=COST, seen=~new)
+    assert r["seen"]["seen"]["hit_rate"] > 0.5  # (images held out of training do not hit)
+    assert r["seen"]["unseen"]["hit_rate"] == 0.0
+    assert r["cascade"]["agreement"] >= 0.99

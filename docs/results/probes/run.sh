@@ -37,7 +37,7 @@ rolling() {  # WORKLOAD TAG fit-flags...
     prev="--previous /tmp/roll-$W-$TAG-$w"
   done
 }
-rolling instance-locality v3 --selector logistic               # learned selector, gated
+rolling instance-locality v6 --selector logistic               # learned selector, gated
 rolling instance-locality v4 --selector logistic --memory-rows window
 rolling instance-locality msm --selector max-softmax           # calibrated max-softmax
 rolling class-locality v5 --selector logistic
