@@ -272,7 +272,8 @@ def render(report: dict, images: dict[str, str], notes: str | None = None) -> st
         "every system before request i + 1 to any (who goes first rotates), so load from "
         "elsewhere falls on all systems alike"
         + (f"; paced at {s['rate']:g} requests/s per system" if s["rate"] else "")
-        + f"; stream seed {s['seed']}",
+        + f"; stream seed {s['seed']}; torch intra-op threads per inference service: "
+        + (str(s["threads"]) if s["threads"] else "torch's default"),
         f"- offline probes fitted on images {s['fit_start']}..{s['fit_stop']} of `{s['data']}`; "
         f"streams built over images {s['stream_start']}..{s['stream_stop'] or 'end'} (never "
         "seen by the offline probes)",

@@ -84,6 +84,10 @@ def test_recovery_without_hits_or_with_short_phases() -> None:
     assert none[0]["status"] == "no steady-state hits" and none[0]["recovery_s"] is None
     short = analysis.recovery(np.ones(400, bool), np.arange(400.0), [390], window=20)
     assert short[0]["status"] == "phase too short to judge"
+    gone = np.zeros(400, bool)
+    gone[:200:2] = True  # 50% before the change, none after it
+    lost = analysis.recovery(gone, np.arange(400.0), [200], window=20)
+    assert lost[0]["status"] == "hits lost" and lost[0]["recovery_s"] is None
 
 
 def _row(speedup, agreement=0.995, worst=0.99, top1=0.93, overhead=1.01) -> dict:
@@ -112,6 +116,9 @@ def test_goals_are_judged_per_system() -> None:
     drop = goals[("top-1 drop vs base model (points)", "uniform", "online")]
     assert drop.measured == pytest.approx(0.3) and drop.met is True
     assert goals[("recovery to 90% of steady hit rate (s)", "drift", "online")].met is True
+    rec["online"].append({"status": "hits lost", "recovery_s": None})
+    again = {(g.name, g.system): g for g in analysis.goals(figures, base_top1, rec)}
+    assert again[("recovery to 90% of steady hit rate (s)", "online")].met is False
     assert ("recovery to 90% of steady hit rate (s)", "drift", "static") not in goals
 
 
