@@ -27,6 +27,7 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
     ("probes", "rollback"): ("gati.commands.probes_rollback", "point Redis at an earlier version"),
     ("bench", "accuracy"): ("gati.bench.accuracy", "top-1 through gRPC on a dataset"),
     ("bench", "latency"): ("gati.bench.latency", "latency with caches off vs on, per workload"),
+    ("bench", "rtt"): ("services.cache.rtt", "cache lookup round trip vs a bare gRPC ping-pong"),
     ("bench", "report"): ("gati.bench.report", "the full comparison report with plots"),
     (None, "up"): ("gati.local.up", "start broker, Redis and the three services locally"),
     (None, "down"): ("gati.local.down", "stop everything `gati up` started"),

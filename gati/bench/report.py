@@ -224,8 +224,6 @@ def measure(s: dict, work: Path) -> tuple[dict, dict[str, np.ndarray]]:
             s["fit_start"],
             s["fit_stop"],
             work / "bundle",
-            "--lookup",
-            "remote",
             "--model-id",
             MODEL,
             *shlex.split(s["fit_args"]),

@@ -79,7 +79,8 @@ def publish(bundle_dir: Path, redis_url: str, model: str) -> int:
 def fit_bundle_cli(
     arch: str, weights: str, data: str, start: int, stop: int, out: Path, *extra: str
 ) -> Path:
-    """`gati probes fit` on images start..stop into `out` (progress shown on the terminal)."""
+    """`gati probes fit` on images start..stop into `out` (progress shown on the terminal),
+    costed for lookups on the cache service, which is where the benchmarks serve them."""
     argv = gati_argv(
         "probes",
         "fit",
@@ -95,6 +96,8 @@ def fit_bundle_cli(
         str(stop),
         "--out",
         str(out),
+        "--lookup",
+        "remote",
         *extra,
     )
     subprocess.run(argv, check=True, timeout=3600, stdout=sys.stderr)

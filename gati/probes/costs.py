@@ -24,14 +24,23 @@ import torch
 
 MODES = ("local", "remote")
 
+# Remote lookup costs measured on this project's 2-core machine with client, inference and
+# cache service co-located (docs/cache.md, "Where the time goes"): `gati bench rtt` gave a
+# p50 round trip of 0.46-0.56 ms; `gati bench latency` gave 0.26 ms of miss-path latency per
+# active probe (the send itself is ~0.09 ms; the rest is the cache service and gRPC threads
+# competing for the same cores). The trainer replaces the round trip with the one measured on
+# live requests; pass --rtt-ms / --send-ms for a machine whose figures differ.
+DEFAULT_RTT_MS = 0.6
+DEFAULT_SEND_MS = 0.25
+
 
 @dataclass(frozen=True)
 class CostModel:
     cut_names: tuple[str, ...]  # cut i is the output of stage i
     stage_ms: tuple[float, ...]  # one per stage, the head last: len(cut_names) + 1
     mode: str = "local"
-    rtt_ms: float = 0.3  # remote: round trip of one lookup on a bidi stream (DESIGN.md 7)
-    send_ms: float = 0.02  # remote: serialising and sending one lookup, on the critical path
+    rtt_ms: float = DEFAULT_RTT_MS  # remote: round trip of one lookup on the bidi stream
+    send_ms: float = DEFAULT_SEND_MS  # remote: what one lookup adds to a request's path
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -102,8 +111,8 @@ class CostModel:
             tuple(d["cut_names"]),
             tuple(float(t) for t in d["stage_ms"]),
             str(d.get("mode", "local")),
-            float(d.get("rtt_ms", 0.3)),
-            float(d.get("send_ms", 0.02)),
+            float(d.get("rtt_ms", DEFAULT_RTT_MS)),
+            float(d.get("send_ms", DEFAULT_SEND_MS)),
         )
 
 

@@ -19,7 +19,7 @@ import torch
 from gati.data.cifar import load_dataset
 from gati.models import StagedModel
 from gati.probes.collect import cached_collect
-from gati.probes.costs import CostModel, measure_stage_ms
+from gati.probes.costs import DEFAULT_RTT_MS, DEFAULT_SEND_MS, CostModel, measure_stage_ms
 from gati.workloads import WORKLOADS, make_stream
 
 
@@ -79,12 +79,14 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
         default="local",
         help="cost model: in-process serial lookups, or remote overlapped ones",
     )
-    parser.add_argument("--rtt-ms", type=float, default=0.3, help="remote lookup round trip")
+    parser.add_argument(
+        "--rtt-ms", type=float, default=DEFAULT_RTT_MS, help="remote lookup round trip"
+    )
     parser.add_argument(
         "--send-ms",
         type=float,
-        default=0.02,
-        help="remote: critical-path cost of sending one lookup",
+        default=DEFAULT_SEND_MS,
+        help="remote: latency one active probe adds to every request reaching it",
     )
     parser.add_argument(
         "--stage-reps", type=int, default=100, help="repetitions when timing each stage at batch 1"

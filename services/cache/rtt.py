@@ -6,7 +6,7 @@ server (the same gati.v1 Lookup method on the same threaded gRPC server, answeri
 evaluating anything) and `gati serve cache` with a bundle from a private Redis. One client
 stream sends a lookup and waits for its reply, as the inference service's stream does.
 
-    python -m services.cache.rtt [--requests 2000] [--rounds 2] [--selector max-softmax]
+    gati bench rtt [--requests 2000] [--rounds 2] [--selector max-softmax]
                                  [--memory 0] [--json PATH]
 """
 
@@ -230,16 +230,17 @@ def table(results: list[RoundTrips]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="round trips per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
     parser.add_argument("--selector", default="logistic", help="max-softmax or logistic")
     parser.add_argument("--memory", type=int, default=512, help="novelty memory entries (0: none)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--echo", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.echo is not None:
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.echo is not None:  # the bare ping-pong server, started as a child process
         serve_echo(args.echo)
         return 0
     with tempfile.TemporaryDirectory(prefix="gati-rtt-") as tmp:
@@ -248,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ class CacheClient:
                         continue  # the request finished without it
                     pending.replied_at = time.perf_counter()
                     pending.reply = reply
+                    self._metrics.lookup_rtt.observe(pending.replied_at - pending.sent_at)
                     plan = self._plans.get(pending.model)
                     if plan is not None and reply.bundle_version != plan.version:
                         self._plan_wakeup.set()  # a new bundle is live: fetch its plan now

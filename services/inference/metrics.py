@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS
 
+# Fine below 2 ms, where a lookup's round trip lives (gati bench latency reads its p50 here).
+LOOKUP_RTT_BUCKETS = (*(round(i * 1e-4, 4) for i in range(1, 21)), 0.003, 0.005, 0.01, 0.025, 0.1)
+
 
 class InferenceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -50,6 +53,12 @@ class InferenceMetrics:
             "gati_cache_lookups_sent",
             "lookups sent to the cache service",
             ["model", "layer"],
+            registry=r,
+        )
+        self.lookup_rtt = Histogram(
+            "gati_cache_lookup_rtt_seconds",
+            "send to reply of lookups answered while their request still ran",
+            buckets=LOOKUP_RTT_BUCKETS,
             registry=r,
         )
         self.lookup_unanswered = Counter(

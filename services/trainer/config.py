@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # should not pay for; tests/trainer/test_config.py checks they match gati.probes.
 VARIANTS = ("linear", "mlp", "conv", "knn")  # gati.probes.variants.VARIANTS
 COST_MODES = ("local", "remote")  # gati.probes.costs.MODES
+RTT_MS, SEND_MS = 0.6, 0.25  # gati.probes.costs.DEFAULT_RTT_MS, DEFAULT_SEND_MS
 
 
 def _f(default, help_text: str):
@@ -61,7 +62,8 @@ class TrainerConfig:
     warm_epochs: int = _f(10, "distillation epochs when warm-started")
     group_neighbours: bool = _f(True, "calibrate by neighbourhood groups, not single requests")
     lookup_mode: str = _f("remote", "cost model of a lookup: remote (cache service) or local")
-    rtt_ms: float = _f(0.3, "remote lookup round trip assumed by the optimizer")
+    rtt_ms: float = _f(RTT_MS, "lookup round trip until live requests have measured it")
+    send_ms: float = _f(SEND_MS, "latency one active probe adds to a request (optimizer)")
     threads: int = _f(1, "torch threads for fitting (the machine is shared with serving)")
     # --- Kafka ---
     session_timeout_ms: int = _f(6000, "Kafka group session timeout (Tansu joins in ~half)")
@@ -93,6 +95,7 @@ class TrainerConfig:
             f"valid: {', '.join(CALIBRATION_MODES)}",
         )
         require(self.lookup_mode in COST_MODES, "lookup_mode", f"valid: {', '.join(COST_MODES)}")
+        require(self.rtt_ms >= 0 and self.send_ms >= 0, "rtt_ms", "lookup costs must be >= 0")
         require(self.max_probes >= 1, "max_probes", "must be at least 1")
         require(self.epochs >= 1 and self.warm_epochs >= 0, "epochs", "epochs >= 1, warm >= 0")
         require(self.threads >= 1, "threads", "must be at least 1")

@@ -34,7 +34,7 @@ import numpy as np
 from gati import records as rec_mod
 from gati.models import StagedModel
 from gati.probes.bundle import Bundle
-from gati.probes.costs import CostModel, measure_stage_ms
+from gati.probes.costs import DEFAULT_RTT_MS, DEFAULT_SEND_MS, CostModel, measure_stage_ms
 from gati.probes.evaluate import evaluate_bundle
 from gati.probes.fit import FitConfig, fit_bundle
 from gati.records import Record
@@ -172,7 +172,8 @@ class Learner:
         holdout_fraction: float = 0.25,
         min_gain: float = 0.02,
         lookup_mode: str = "remote",
-        rtt_ms: float = 0.3,
+        rtt_ms: float = DEFAULT_RTT_MS,
+        send_ms: float = DEFAULT_SEND_MS,
         group: bool = True,
     ) -> None:
         self.model = model
@@ -184,6 +185,7 @@ class Learner:
         self.min_gain = min_gain
         self.lookup_mode = lookup_mode
         self.rtt_ms = rtt_ms
+        self.send_ms = send_ms
         self.group = group
         self._rounds = 0
 
@@ -196,6 +198,7 @@ class Learner:
             stage_ms,
             mode=self.lookup_mode,
             rtt_ms=measured_rtt_ms(window, self.rtt_ms),
+            send_ms=self.send_ms,
         )
 
     def round(

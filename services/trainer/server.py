@@ -77,6 +77,7 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         min_gain=config.min_gain,
         lookup_mode=config.lookup_mode,
         rtt_ms=config.rtt_ms,
+        send_ms=config.send_ms,
         group=config.group_neighbours,
     )
     publisher = Publisher(

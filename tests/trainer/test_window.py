@@ -85,8 +85,11 @@ def test_config_validates_and_builds_fit_config() -> None:
 
 
 def test_config_constants_match_the_library() -> None:
-    from gati.probes.costs import MODES
+    from gati.probes.costs import DEFAULT_RTT_MS, DEFAULT_SEND_MS, MODES
+    from gati.probes.selectors import FIT_SELECTORS
     from gati.probes.variants import VARIANTS
 
     assert tuple(VARIANTS) == trainer_config.VARIANTS
     assert trainer_config.COST_MODES == MODES
+    assert (trainer_config.RTT_MS, trainer_config.SEND_MS) == (DEFAULT_RTT_MS, DEFAULT_SEND_MS)
+    assert TrainerConfig(selector="auto").selector in FIT_SELECTORS
