@@ -57,7 +57,7 @@ class InferenceConfig:
     record_reduction: str = _f("pool4", "reduction of recorded activations")
     shadow_fraction: float = _f(0.2, "fraction of hits whose full model runs in the background")
     shadow_inflight: int = _f(1, "most shadow completions running at once")
-    agreement_target: float = _f(0.99, "live agreement below which the guard switches a layer off")
+    agreement_target: float = _f(0.99, "served agreement the live guard holds")
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")

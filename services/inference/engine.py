@@ -169,6 +169,8 @@ class Engine:
         state = _Pass(served, plan, request_id, scores, labels, hit, exit_index, keys, job)
         if len(todo):
             self._forward(state, batch[todo], todo)
+            if self.guard is not None and plan is not None:
+                self.guard.served(name, plan.version, len(todo), state.exits)
         if job is not None and job.rows:
             self.recorder.submit(job)  # type: ignore[union-attr]
         self.metrics.rows.labels(name).inc(n)
@@ -289,6 +291,7 @@ class Engine:
             st.hit[r] = True
             st.exit_index[r] = model.cut_index(layer)
             st.first_exit = st.first_exit or layer
+            st.exits[layer] = st.exits.get(layer, 0) + 1
             self.metrics.exits.labels(st.served.name, layer).inc()
             record = None
             if st.job is not None:
@@ -325,6 +328,7 @@ class _Pass:
     keys: list[bytes]
     job: RecordJob | None
     first_exit: str = ""
+    exits: dict[str, int] = field(default_factory=dict)  # layer -> rows that exited there
     pending: list[PendingLookup] = field(default_factory=list)  # sent, reply not applied yet
     sent: list[PendingLookup] = field(default_factory=list)  # every lookup of the request
     row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))

@@ -1,9 +1,9 @@
-"""Live agreement guard: switch a layer's cache off at once when its served answers drift.
+"""Live agreement guard: switch a layer's cache off at once when served answers drift.
 
 Shadow completions tell, for a sample of hits, whether the served answer equals the base
-model's. When the upper confidence bound of a layer's recent agreement falls below the
-target, that layer is switched off for the current bundle version, without waiting for the
-trainer; a new bundle version starts with a clean slate.
+model's. When even an upper confidence bound of the agreement served over all requests falls
+below the target, the layer losing most is switched off for the current bundle version,
+without waiting for the trainer; a new bundle version starts with a clean slate.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import replace
 
 from services.inference.cache_client import ActivePlan
@@ -31,6 +32,17 @@ def wilson_upper(agree: int, n: int, z: float = 1.645) -> float:
 
 
 class LiveGuard:
+    """Keeps the served agreement of each model's cascade at or above the target.
+
+    Misses are the base model's own answers, so what a layer costs the cascade is its share
+    of served rows times its disagreement among hits. With each layer's agreement bounded
+    from above (Wilson, over its last `window` shadow completions, once it has `min_samples`),
+    the served agreement is bounded from above too; when even that bound is below the target,
+    the layer losing most agreement is switched off. Judging each layer's hits against the
+    whole cascade's target instead would switch off a layer that answers 2% of requests at
+    95% agreement (0.1% of answers wrong) after one bad shadow completion out of 20.
+    """
+
     def __init__(
         self, target: float, metrics: InferenceMetrics, window: int = 200, min_samples: int = 20
     ) -> None:
@@ -40,30 +52,59 @@ class LiveGuard:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, int], deque[bool]] = {}
+        self._rows: Counter[tuple[str, int]] = Counter()  # (model, version) -> rows served
+        self._hits: Counter[tuple[str, str, int]] = Counter()  # (model, layer, version) -> hits
         self._disabled: dict[str, tuple[int, set[str]]] = {}  # model -> (version, layers off)
 
+    def served(self, model: str, version: int, rows: int, hits: Mapping[str, int]) -> None:
+        """Count `rows` answered through `version`'s cascade, `hits` of them per layer."""
+        with self._lock:
+            self._rows[(model, version)] += rows
+            for layer, n in hits.items():
+                self._hits[(model, layer, version)] += n
+
     def observe(self, model: str, layer: str, version: int, agree: bool) -> None:
+        """One shadow completion: did the hit at `layer` agree with the base model?"""
         with self._lock:
             seen = self._seen.setdefault((model, layer, version), deque(maxlen=self.window))
             seen.append(agree)
-            n, ok = len(seen), sum(seen)
-            if n < self.min_samples or wilson_upper(ok, n) >= self.target:
-                return
             off_version, off = self._disabled.get(model, (version, set()))
             if off_version != version:
                 off = set()
-            if layer not in off:
-                off.add(layer)
-                log.warning(
-                    "guard: %s layer %s off for v%d (live agreement %d/%d)",
-                    model,
-                    layer,
-                    version,
-                    ok,
-                    n,
-                )
+            bound, worst = self._served_bound(model, version, off)
+            if bound >= self.target or worst is None:
+                return
+            off.add(worst)
             self._disabled[model] = (version, off)
             self._metrics.guard_disabled.labels(model).set(len(off))
+            agreed = self._seen[(model, worst, version)]
+            log.warning(
+                "guard: %s layer %s off for v%d (live agreement %d/%d; served agreement "
+                "at most %.4f < target %.4f)",
+                model,
+                worst,
+                version,
+                sum(agreed),
+                len(agreed),
+                bound,
+                self.target,
+            )
+
+    def _served_bound(self, model: str, version: int, off: set[str]) -> tuple[float, str | None]:
+        """Upper bound of the served agreement over layers still on, and the layer losing most
+        (None while no layer has min_samples shadow completions)."""
+        rows = self._rows[(model, version)]
+        lost, worst, worst_loss = 0.0, None, -1.0
+        for (m, layer, v), seen in self._seen.items():
+            if m != model or v != version or layer in off or len(seen) < self.min_samples:
+                continue
+            share = self._hits[(model, layer, version)] / rows if rows else 1.0
+            agree = sum(seen)
+            lost += share * (1.0 - wilson_upper(agree, len(seen)))
+            loss = share * (1.0 - agree / len(seen))
+            if loss > worst_loss:
+                worst, worst_loss = layer, loss
+        return 1.0 - lost, worst
 
     def filter(self, plan: ActivePlan) -> ActivePlan:
         """The plan without the layers switched off for its version."""

@@ -218,6 +218,7 @@ class Learner:
         held = reweight(window[n - n_hold :], hit_label_rate, seed=2 * self._rounds + 1)
         data = to_arrays(fit_part, self.model.cut_names)
         cost = self.cost_model(window)
+        log.info("cost model: full model %.2f ms; %s", cost.full_ms, cost.describe()["assumes"])
         groups = (
             neighbourhood_groups(data.acts, data.channels, list(data.acts)) if self.group else None
         )
