@@ -65,6 +65,7 @@ class TrainerConfig:
     rtt_ms: float = _f(RTT_MS, "lookup round trip until live requests have measured it")
     send_ms: float = _f(SEND_MS, "latency one active probe adds to a request (optimizer)")
     threads: int = _f(1, "torch threads for fitting (the machine is shared with serving)")
+    nice: int = _f(10, "niceness added at start, so serving on shared cores goes first (0: none)")
     # --- Kafka ---
     session_timeout_ms: int = _f(6000, "Kafka group session timeout (Tansu joins in ~half)")
     topic_check_seconds: float = _f(5.0, "how often to check the topic (re-created after a loss)")
@@ -96,6 +97,7 @@ class TrainerConfig:
         )
         require(self.lookup_mode in COST_MODES, "lookup_mode", f"valid: {', '.join(COST_MODES)}")
         require(self.rtt_ms >= 0 and self.send_ms >= 0, "rtt_ms", "lookup costs must be >= 0")
+        require(0 <= self.nice <= 19, "nice", "must be within 0..19")
         require(self.max_probes >= 1, "max_probes", "must be at least 1")
         require(self.epochs >= 1 and self.warm_epochs >= 0, "epochs", "epochs >= 1, warm >= 0")
         require(self.threads >= 1, "threads", "must be at least 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from gati import config as cfg
 from services.trainer.config import TrainerConfig
@@ -16,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
     from services.trainer.server import build
 
     config = cfg.load(TrainerConfig, args)
+    if config.nice:
+        os.nice(config.nice)  # fitting is background work: serving on shared cores goes first
     server = build(config)
     print(f"gati trainer listening on {config.host}:{server.port} (health only)", flush=True)
     server.handle.wait_for_signal(0.0)
