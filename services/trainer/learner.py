@@ -156,10 +156,14 @@ def strip_candidates(bundle: Bundle) -> Bundle:
 
 
 def measured_rtt_ms(window: Sequence[Record], default: float, min_records: int = 50) -> float:
-    """The 75th percentile of the lookup round trips recorded in `window` (a plan must pay off
-    when replies are slow, not only on average), or `default` before there are enough."""
+    """The mean lookup round trip recorded in `window`, or `default` before there are enough.
+
+    A reply that came after its request had finished is recorded with the time the request
+    waited, so the mean is the expected delay before a hit can answer at the cuts in use. A
+    high percentile instead charged every hit with the late replies' wait: with 29% of replies
+    late it read 4 ms where the median was 0.7 ms, and no probe looked worth publishing."""
     rtts = [r.lookup_rtt_ms for r in window if r.lookup_rtt_ms > 0]
-    return float(np.percentile(rtts, 75)) if len(rtts) >= min_records else default
+    return float(np.mean(rtts)) if len(rtts) >= min_records else default
 
 
 class Learner:
