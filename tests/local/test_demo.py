@@ -15,7 +15,7 @@ from pathlib import Path
 from gati.local import state as st
 
 DEMO = (sys.executable, "-m", "gati.cli", "demo", "--arch", "resnet20", "--requests", "240")
-DEMO_BASELINE = ("--baseline", "20")
+DEMO_BASELINE = ("--reference-every", "12")
 
 
 def test_demo_runs_the_stack_and_reports(tmp_path: Path, assets: Path) -> None:
@@ -32,7 +32,9 @@ def test_demo_runs_the_stack_and_reports(tmp_path: Path, assets: Path) -> None:
 
     report = json.loads((run_dir / "demo-report.json").read_text())
     assert report["requests"] == 240 and report["stream"]["n"] == 240
-    assert report["caches_off"]["n"] == 20
+    assert report["caches_off"]["n"] == 20  # requests 0, 12, ..., 228 sent again, caches off
+    assert report["caches_on_same_requests"]["n"] == 20
+    assert report["windows"][0]["speedup"] > 0
     assert [w["requests"] for w in report["windows"]] == ["0-240"]
     # no bundle can be published this early: every answer is the base model's own
     assert report["hit_rate"] == 0.0 and report["agreement"] == 1.0
