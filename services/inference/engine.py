@@ -146,7 +146,7 @@ class Engine:
 
         todo = np.arange(n)
         keys: list[bytes] = []
-        if self.exact is not None:
+        if self.exact is not None and caches:  # caches=false: the plain model, nothing cached
             keys = [ExactCache.key(name, row) for row in batch]
             found = [self.exact.get(k) for k in keys]
             for i, item in enumerate(found):
@@ -238,7 +238,7 @@ class Engine:
         st.scores[rows] = logits
         st.labels[rows] = logits.argmax(axis=1)
         self.metrics.exits.labels(st.served.name, FULL).inc(len(rows))
-        if self.exact is not None:
+        if st.keys:  # the exact-match cache was consulted: remember what the model said
             for k, r in enumerate(rows):
                 self.exact.put(st.keys[r], logits[k], int(st.labels[r]))
         if st.job is not None:

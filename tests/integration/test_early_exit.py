@@ -141,9 +141,13 @@ def test_exact_match_answers_repeats_without_running(stack, images) -> None:
         first = stub.ModelInfer(infer_request(MODEL, images[:3]))
         ran = metrics.get_sample_value("gati_inference_exits_total", full)
         again = stub.ModelInfer(infer_request(MODEL, images[:3]))
+        ran_again = metrics.get_sample_value("gati_inference_exits_total", full)
+        plain = stub.ModelInfer(infer_request(MODEL, images[:3], caches=False))
     assert not first.parameters[names.PARAM_EXACT_HIT].bool_param
     assert again.parameters[names.PARAM_EXACT_HIT].bool_param
-    assert metrics.get_sample_value("gati_inference_exits_total", full) == ran  # nothing ran
+    assert ran_again == ran  # nothing ran
+    assert not plain.parameters[names.PARAM_EXACT_HIT].bool_param  # caches=false: the model
+    assert metrics.get_sample_value("gati_inference_exits_total", full) == ran + 3
     np.testing.assert_array_equal(
         output(first, names.OUTPUT_SCORES), output(again, names.OUTPUT_SCORES)
     )
