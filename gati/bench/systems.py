@@ -45,7 +45,7 @@ SYSTEMS: dict[str, System] = {
     s.name: s
     for s in (
         System("plain", "plain serving (caches off)", False, True),
-        System("exact", "exact-match response cache", False, False),
+        System("exact", "exact-match response cache", True, False),  # no cache service
         System("static", "static early exits (offline probes)", True, True),
         System("online", "gati online (from the offline bundle)", True, False),
         System("online-cold", "gati online (from no bundle)", True, False),
