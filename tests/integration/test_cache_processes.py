@@ -76,7 +76,12 @@ def test_publish_swap_refuse_kill_restart(
         MODEL,
         "resnet20",
         str(resnet20_weights),
-        inference_args=("--exact-cache-entries", "0", "--plan-refresh-seconds", "0.2"),
+        # random bundles answer at random: without shadow completions the live guard has no
+        # evidence to switch them off, so hits stay visible for the reload checks
+        inference_args=(
+            *("--exact-cache-entries", "0", "--plan-refresh-seconds", "0.2"),
+            *("--shadow-fraction", "0"),
+        ),
         cache_args=("--refresh-seconds", "0.5"),
     ) as stack:
         store = BundleStore(stack.redis_url)

@@ -149,6 +149,10 @@ def test_stop_ends_the_whole_group(spawned) -> None:
 def test_stop_kills_what_ignores_sigterm(spawned) -> None:
     # An ignored signal stays ignored across exec, so the sleep ignores SIGTERM too.
     record = spawn(spawned, "trap '' TERM; sleep 60 & wait")
+    deadline = time.monotonic() + 10
+    while len(st.group_members(record)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the shell has set its trap and started the sleep (a loaded machine)
+    assert len(st.group_members(record)) == 2
     outcome = st.stop_process(record, timeout=0.5, reap=reaper(spawned))
     assert outcome.startswith("killed")
     assert st.group_members(record) == []
