@@ -29,8 +29,8 @@ from services.inference.config import InferenceConfig
 from services.inference.server import InferenceServer
 from services.inference.server import build as build_inference
 from tests.inference.helpers import infer_request, inference_stub, output
+from tests.integration.inprocess import MODEL, in_process_stack
 
-MODEL = "cifar"
 EXITS = (names.OUTPUT_SCORES, names.OUTPUT_LABEL, names.OUTPUT_HIT, names.OUTPUT_EXIT_LAYER)
 
 
@@ -55,29 +55,8 @@ def images(assets: Path) -> np.ndarray:
 def stack(
     redis_url: str, resnet20_weights: Path
 ) -> Iterator[tuple[CacheServer, InferenceServer, BundleStore]]:
-    cache = build_cache(
-        CacheConfig(
-            host="127.0.0.1", port=0, metrics_port=-1, redis_url=redis_url, refresh_seconds=0.2
-        )
-    )
-    inference = build_inference(
-        InferenceConfig(
-            host="127.0.0.1",
-            port=0,
-            metrics_port=-1,
-            model=MODEL,
-            arch="resnet20",
-            weights=str(resnet20_weights),
-            cache_address=f"127.0.0.1:{cache.port}",
-            plan_refresh_seconds=0.2,
-            shadow_fraction=0.0,
-        )
-    )
-    store = BundleStore(redis_url)
-    yield cache, inference, store
-    inference.stop()
-    cache.stop()
-    store.close()
+    with in_process_stack(redis_url, resnet20_weights, shadow_fraction=0.0) as parts:
+        yield parts
 
 
 def _fingerprint(inference: InferenceServer) -> str:

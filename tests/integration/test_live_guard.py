@@ -18,14 +18,8 @@ from gati import names
 from gati.data import load_npz
 from gati.models import load_model
 from gati.probes.synthetic import random_bundle
-from gati.store import BundleStore
-from services.cache.config import CacheConfig
-from services.cache.server import build as build_cache
-from services.inference.config import InferenceConfig
-from services.inference.server import build as build_inference
 from tests.inference.helpers import infer_request, inference_stub, output
-
-MODEL = "cifar"
+from tests.integration.inprocess import MODEL, in_process_stack
 
 
 def test_guard_switches_off_a_loose_bundle(
@@ -35,29 +29,14 @@ def test_guard_switches_off_a_loose_bundle(
     model = load_model("resnet20", resnet20_weights)
     with torch.inference_mode():
         base = model(torch.from_numpy(x)).argmax(1).numpy()
-    cache = build_cache(
-        CacheConfig(
-            host="127.0.0.1", port=0, metrics_port=-1, redis_url=redis_url, refresh_seconds=0.2
-        )
-    )
-    inference = build_inference(
-        InferenceConfig(
-            host="127.0.0.1",
-            port=0,
-            metrics_port=-1,
-            model=MODEL,
-            arch="resnet20",
-            weights=str(resnet20_weights),
-            cache_address=f"127.0.0.1:{cache.port}",
-            plan_refresh_seconds=0.2,
-            exact_cache_entries=0,
-            shadow_fraction=1.0,
-            shadow_inflight=2,
-            agreement_target=0.99,
-        )
-    )
-    store = BundleStore(redis_url)
-    try:
+    with in_process_stack(
+        redis_url,
+        resnet20_weights,
+        exact_cache_entries=0,
+        shadow_fraction=1.0,
+        shadow_inflight=2,
+        agreement_target=0.99,
+    ) as (_, inference, store):
         loose = random_bundle(
             {"layer1.1": ("linear", 16)},
             model_id=MODEL,
@@ -92,10 +71,6 @@ def test_guard_switches_off_a_loose_bundle(
             f"{agree[:50].mean():.2f}, last 100 {agree[late].mean():.2f}; "
             f"hits in last 100: {int(hits_arr[late].sum())}"
         )
-    finally:
-        inference.stop()
-        cache.stop()
-        store.close()
     assert first_hits > 10  # the loose bundle was really serving
     assert agree[:50].mean() < 0.9  # and it was wrong a lot
     assert disabled == 1 and wrong >= 10
