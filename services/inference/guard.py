@@ -55,10 +55,28 @@ class LiveGuard:
         self._rows: Counter[tuple[str, int]] = Counter()  # (model, version) -> rows served
         self._hits: Counter[tuple[str, str, int]] = Counter()  # (model, layer, version) -> hits
         self._disabled: dict[str, tuple[int, set[str]]] = {}  # model -> (version, layers off)
+        self._newest: dict[str, int] = {}  # model -> newest version seen
+
+    def _current(self, model: str, version: int) -> bool:
+        """False for a version older than one already seen; a newer one drops the older
+        versions' evidence, so memory stays bounded however many versions are published."""
+        newest = self._newest.get(model, version)
+        if version < newest:
+            return False
+        if version > newest or model not in self._newest:
+            self._newest[model] = version
+            for counts in (self._seen, self._hits):
+                for key in [k for k in counts if k[0] == model and k[-1] < version]:
+                    del counts[key]
+            for key in [k for k in self._rows if k[0] == model and k[1] < version]:
+                del self._rows[key]
+        return True
 
     def served(self, model: str, version: int, rows: int, hits: Mapping[str, int]) -> None:
         """Count `rows` answered through `version`'s cascade, `hits` of them per layer."""
         with self._lock:
+            if not self._current(model, version):
+                return
             self._rows[(model, version)] += rows
             for layer, n in hits.items():
                 self._hits[(model, layer, version)] += n
@@ -66,6 +84,8 @@ class LiveGuard:
     def observe(self, model: str, layer: str, version: int, agree: bool) -> None:
         """One shadow completion: did the hit at `layer` agree with the base model?"""
         with self._lock:
+            if not self._current(model, version):
+                return  # a late completion of a bundle already replaced
             seen = self._seen.setdefault((model, layer, version), deque(maxlen=self.window))
             seen.append(agree)
             off_version, off = self._disabled.get(model, (version, set()))

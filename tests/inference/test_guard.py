@@ -57,3 +57,13 @@ def test_nothing_is_judged_before_min_samples() -> None:
     assert active(g) == {"early", "late"}
     shadow(g, "early", 0, 1)
     assert active(g) == {"late"}
+
+
+def test_evidence_of_replaced_versions_is_dropped() -> None:
+    g = guard()
+    for version in range(1, 101):
+        g.served("m", version, 10, {"early": 5})
+        shadow(g, "early", 3, 0, version=version)
+    assert {k[-1] for k in g._seen} == {100} and {k[1] for k in g._rows} == {100}
+    shadow(g, "early", 0, 30, version=99)  # late completions of a replaced bundle: ignored
+    assert active(g, ActivePlan("m", 100, PLAN.layers)) == {"early", "late"}
