@@ -76,8 +76,11 @@ def empty_plan_overhead(channel: grpc.Channel, images: np.ndarray) -> dict:
 
 def rtt_buckets(stack: Stack) -> np.ndarray:
     """Cumulative counts of the inference service's lookup round-trip histogram."""
-    name = "gati_cache_lookup_rtt_seconds_bucket"
-    return np.array([stack.metric("inference", name, le=_le(b)) for b in RTT_BOUNDS])
+    counts = dict.fromkeys(map(_le, RTT_BOUNDS), 0.0)
+    for labels, value in stack.samples("inference", "gati_cache_lookup_rtt_seconds_bucket"):
+        if labels.get("le") in counts:
+            counts[labels["le"]] += value
+    return np.array(list(counts.values()))
 
 
 def rtt_summary(before: np.ndarray, after: np.ndarray) -> dict:

@@ -46,16 +46,22 @@ class Stack:
 
     def metric(self, service: str, name: str, **labels: str) -> float:
         """One sample from a service's Prometheus endpoint (0 when absent)."""
+        return sum(
+            value
+            for sample_labels, value in self.samples(service, name)
+            if all(sample_labels.get(k) == v for k, v in labels.items())
+        )
+
+    def samples(self, service: str, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample called `name` (labels, value), from one scrape."""
         url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
+        return [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(
