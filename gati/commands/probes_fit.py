@@ -12,16 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from gati.models import load_model
+from gati.data.augment import mirror, perturbed
+from gati.models import StagedModel, load_model
 from gati.probes.bundle import Bundle
 from gati.probes.distill import TrainConfig
 from gati.probes.fit import FitConfig, fit_bundle
 from gati.probes.selectors import FIT_SELECTORS
 from gati.probes.sources import (
+    Records,
     add_cost_arguments,
     add_source_arguments,
     channels_of,
@@ -45,7 +49,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment-flip",
         action="store_true",
-        help="also train on mirrored fit images (needs --calib-start)",
+        help="also train probes on mirrored fit images (needs --calib-start)",
+    )
+    parser.add_argument(
+        "--augment-views",
+        type=int,
+        default=0,
+        help="also train probes on K perturbed copies of each fit image: flip, shift, "
+        "brightness, noise (needs --calib-start)",
+    )
+    parser.add_argument(
+        "--distil-data",
+        default=None,
+        help="more images (npz) that only train probes, never selectors or thresholds "
+        "(needs --calib-start; docs/probes.md section 2 says when this is sound)",
+    )
+    parser.add_argument(
+        "--distil-stop", type=int, default=None, help="use images 0..N of --distil-data"
     )
     parser.add_argument("--model-id", default=None, help="served model name (default: --arch)")
     parser.add_argument("--version", type=int, default=1, help="bundle version number")
@@ -95,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=6.0)
     parser.add_argument("--alpha", type=float, default=0.5, help="KL weight (1-alpha: CE)")
     parser.add_argument(
+        "--filters", type=int, default=TrainConfig.filters, help="conv variant: 3x3 filters"
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=TrainConfig.hidden, help="mlp variant: hidden units"
+    )
+    parser.add_argument(
         "--no-candidates",
         action="store_true",
         help="do not ship inactive candidate probes in the bundle",
@@ -111,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
             warm_epochs=args.warm_epochs,
             temperature=args.temperature,
             alpha=args.alpha,
+            filters=args.filters,
+            hidden=args.hidden,
             threads=args.threads,
         ),
         selector=args.selector,
@@ -144,21 +172,16 @@ def run(args: argparse.Namespace) -> int:
         cost.describe()["assumes"],
     )
     rec = load_records(args, model)
-    acts, logits, groups = rec.acts, rec.logits, rec.groups
-    if args.augment_flip:
-        if args.calib_start is None or args.workload is not None:
-            raise SystemExit("--augment-flip needs a dataset range and --calib-start/--calib-stop")
-        mirrored = load_records(args, model, start=args.start, stop=args.stop, flip=True)
-        acts = {c: np.concatenate([acts[c], mirrored.acts[c]]) for c in acts}
-        logits = np.concatenate([logits, mirrored.logits])
-        groups = np.concatenate([groups, mirrored.groups])  # same image, same group
+    parts = [rec, *_distillation_only(args, model)]
     calibration_rows = None
     if args.calib_start is not None:
         cal = load_records(args, model, start=args.calib_start, stop=args.calib_stop)
-        calibration_rows = np.arange(len(logits), len(logits) + len(cal.logits))
-        acts = {c: np.concatenate([acts[c], cal.acts[c]]) for c in acts}
-        logits = np.concatenate([logits, cal.logits])
-        groups = np.concatenate([groups, cal.groups])
+        first = sum(len(p.logits) for p in parts)
+        calibration_rows = np.arange(first, first + len(cal.logits))
+        parts.append(cal)
+    acts = {c: np.concatenate([p.acts[c] for p in parts]) for c in rec.acts}
+    logits = np.concatenate([p.logits for p in parts])
+    groups = np.concatenate([p.groups for p in parts])
     log.info("fitting on %s (%d records)", rec.description, len(logits))
     bundle = fit_bundle(
         acts,
@@ -195,3 +218,26 @@ def run(args: argparse.Namespace) -> int:
         f"({cost.describe()['assumes']})"
     )
     return 0
+
+
+def _distillation_only(args: argparse.Namespace, model: StagedModel) -> list[Records]:
+    """Records that only train probes: altered copies of the fit images (same image, same
+    group) and images of --distil-data (groups of their own, below zero)."""
+    wanted = args.augment_flip or args.augment_views or args.distil_data
+    if not wanted:
+        return []
+    if args.calib_start is None or args.workload is not None:
+        raise SystemExit(
+            "--augment-flip, --augment-views and --distil-data need a dataset range and "
+            "--calib-start/--calib-stop (extra rows must never reach calibration)"
+        )
+    fit_range = {"start": args.start, "stop": args.stop}
+    extras = [load_records(args, model, **fit_range, transform=mirror)] if args.augment_flip else []
+    extras += [
+        load_records(args, model, **fit_range, transform=partial(perturbed, seed=view))
+        for view in range(args.augment_views)
+    ]
+    if args.distil_data:
+        other = load_records(args, model, start=0, stop=args.distil_stop, data=args.distil_data)
+        extras.append(replace(other, groups=-1 - other.groups))
+    return extras

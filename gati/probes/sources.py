@@ -10,6 +10,7 @@ stream arguments. Groups are the dataset index of each request (an image recurs 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,17 +101,18 @@ def load_records(
     progress: bool = True,
     start: int | None = None,
     stop: int | None = None,
-    flip: bool = False,
+    data: str | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Records:
-    """The records `args` select (or images start..stop of the dataset, in order; mirrored
-    left-right when `flip`: the base model labels any input, so mirrored images are free
-    extra distillation data)."""
+    """The records `args` select, or images start..stop of the dataset (or of `data`) in
+    order, passed through `transform` ([N, H, W, C] uint8 -> the same: the base model labels
+    any input, so altered copies are free extra distillation data)."""
     torch.set_num_threads(args.threads)
     first = args.start if start is None else start
     last = args.stop if start is None else stop
-    x, y = load_dataset(Path(args.data), first, last)
-    if flip:
-        x = np.ascontiguousarray(x[:, :, ::-1])  # [N, H, W, C]: mirror the width
+    x, y = load_dataset(Path(data or args.data), first, last)
+    if transform is not None:
+        x = transform(x)
     if args.workload is None or start is not None:
         acts, logits = cached_collect(model, x, args.cache, progress=progress)
         return Records(
@@ -119,7 +121,7 @@ def load_records(
             y,
             np.arange(first, first + len(x)),
             None,
-            f"{args.data}[{first}:{first + len(x)}]",
+            f"{data or args.data}[{first}:{first + len(x)}]",
         )
     stream = make_stream(args.workload, x, y, args.requests, args.seed)
     lo, hi = args.window_from, args.requests if args.window_to is None else args.window_to

@@ -65,3 +65,28 @@ def test_workload_window_then_next(tmp_path: Path, model_args: list[str]) -> Non
     assert r["seen"]["seen"]["requests"] > 150  # a working set of 50 recurs
     assert r["cost_model"]["mode"] == "remote"
     assert "instance-locality requests 300:500" in r["data"]
+
+
+def test_extra_distillation_rows_train_probes_only(tmp_path: Path, model_args: list[str]) -> None:
+    """Mirrored and perturbed copies and other images join probe training; selectors and
+    thresholds still see only the calibration range."""
+    out = tmp_path / "bundle"
+    extra = f"--augment-flip --augment-views 2 --distil-data={ASSETS}/cifar10/train-20k.npz"
+    flags = f"--start 0 --stop 100 --calib-start 100 --calib-stop 300 {extra} --distil-stop 50"
+    flags += f" --layers layer2.0,layer3.0 --variants conv --filters 8 --epochs 2 --out={out}"
+    assert gati("fit", model_args, flags) == 0
+    bundle = Bundle.load(out)
+    split = bundle.manifest["fit"]["split"]
+    assert split["train"] == 100 * (1 + 1 + 2) + 50
+    assert split["select"] + split["threshold"] == 200
+    assert split["novel_select"] + split["novel_threshold"] == 200  # no calibration image trained
+    for entry in bundle.candidates:
+        assert bundle.layer_tensors(entry)["wc"].shape[0] == 8  # --filters reached training
+
+
+def test_extra_distillation_rows_need_a_calibration_range(
+    tmp_path: Path, model_args: list[str]
+) -> None:
+    flags = f"--start 0 --stop 100 --augment-views 1 --out={tmp_path / 'b'}"
+    with pytest.raises(SystemExit, match="never reach calibration"):
+        gati("fit", model_args, flags)
