@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gati.probes.calibration import (
+    binomial_p_values,
     calibrate_cascade,
     cascade_errors,
     coverage_at_precision,
@@ -116,7 +117,9 @@ def test_grouped_calibration_counts_images_not_requests() -> None:
         rep_scores, rep_correct, S, target=0.98, mode="ltt", delta=0.1, groups=groups
     )
     naive = calibrate_cascade(rep_scores, rep_correct, S, target=0.98, mode="ltt", delta=0.1)
-    assert grouped.lam == pytest.approx(alone.lam)
+    # no more than 300 single requests would allow (those get the exact 0/1 test; a group's
+    # loss may be a share, so groups get Hoeffding-Bentkus)
+    assert 0 < grouped.lam <= alone.lam
     assert grouped.units == 300 and naive.units == 6000
     assert naive.lam > grouped.lam  # pretending copies are independent is overconfident
 
@@ -135,3 +138,34 @@ def test_coverage_at_precision() -> None:
     cov, _ = coverage_at_precision(score, correct, 0.75)
     assert cov == pytest.approx(0.8)  # 3 right of the top 4
     assert coverage_at_precision(score, ~correct, 0.99)[0] == 0.0
+
+
+def test_binomial_p_values_are_exact_for_zero_one_losses() -> None:
+    # P(Bin(1000, 0.01) <= 0) and <= 1, by hand
+    p0, p1 = 0.99**1000, 0.99**1000 + 1000 * 0.01 * 0.99**999
+    np.testing.assert_allclose(binomial_p_values(np.array([0.0, 0.001]), 1000, 0.01), [p0, p1])
+    # tighter than Hoeffding-Bentkus, which allows any loss in [0, 1]
+    assert binomial_p_values(np.array([5 / 1200]), 1200, 0.01)[0] < hb_p_value(5 / 1200, 1200, 0.01)
+
+
+def test_ltt_uses_the_exact_test_only_when_losses_are_zero_or_one() -> None:
+    """One request per unit: 0/1 losses, exact binomial test (looser thresholds than HB);
+    several requests per unit: shares, Hoeffding-Bentkus."""
+    rng = np.random.default_rng(4)
+    scores, correct = draw(1200, rng)
+    exact = calibrate_cascade(scores, correct, S, target=0.99, mode="ltt", delta=0.1)
+    singletons = np.arange(1200)
+    same = calibrate_cascade(
+        scores, correct, S, target=0.99, mode="ltt", delta=0.1, groups=singletons
+    )
+    assert same.lam == exact.lam
+    pairs = calibrate_cascade(
+        np.repeat(scores, 2, 0),
+        np.repeat(correct, 2, 0),
+        S,
+        target=0.99,
+        mode="ltt",
+        delta=0.1,
+        groups=np.repeat(singletons, 2),
+    )
+    assert pairs.units == 1200 and pairs.lam < exact.lam  # HB on the same evidence is stricter
