@@ -31,7 +31,7 @@ class TrainConfig:
     lr: float = 3e-3  # Adam, cosine decay to 5% over the run
     weight_decay: float = 1e-4
     hidden: int = 64  # mlp variant: hidden units
-    filters: int = 128  # conv variant: 3x3 filters (16 -> 128: +6 to +8 points early, +10-20 us)
+    filters: int = 16  # conv variant: 3x3 filters (128 for fits on 10k+ rows: docs/probes.md 9.2)
     threads: int = 1  # torch intra-op threads while training; tiny ops thrash on shared cores
     seed: int = 0
 
