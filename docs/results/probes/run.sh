@@ -8,9 +8,10 @@ OUT=docs/results/probes
 M="--arch resnet56 --weights $A/models/resnet56-4bfd9763.th --data $A/cifar10/test.npz --cache /tmp/gati-acts"
 G="nice -n 10 .venv/bin/gati probes"
 
-# --- uniform: fit on images 0..5000 (+ mirrored copies), calibrate on 5000..7000,
-#     evaluate on 7000..10000, which neither fitting nor calibration saw.
-FIT="--start 0 --stop 5000 --calib-start 5000 --calib-stop 7000 --augment-flip --select-fraction 0.4"
+# --- uniform: fit on images 0..5000 (+ a mirrored and 4 perturbed copies of each), calibrate
+#     on 5000..7000, evaluate on 7000..10000, which neither fitting nor calibration saw.
+FIT="--start 0 --stop 5000 --calib-start 5000 --calib-stop 7000 --augment-flip --augment-views 4"
+FIT="$FIT --select-fraction 0.4 --filters 128"
 $G fit $M $FIT --out /tmp/b-flip-emp                      # trains every (cut, variant) once
 for sel in auto max-softmax; do
   for cal in ltt empirical; do
@@ -37,12 +38,18 @@ rolling() {  # WORKLOAD TAG fit-flags...
     prev="--previous /tmp/roll-$W-$TAG-$w"
   done
 }
-rolling instance-locality v6 --selector logistic               # learned selector, gated
+# Sections 9.4 and 9.5: 16-filter conv probes (the default); the -filters128 files: 128, as
+# the uniform fit uses (combined by combine.py).
+rolling instance-locality v6 --selector logistic   # learned selector, gated
 rolling instance-locality v4 --selector logistic --memory-rows window
-rolling instance-locality msm --selector max-softmax           # calibrated max-softmax
+rolling instance-locality msm --selector max-softmax  # calibrated max-softmax
 rolling class-locality v5 --selector logistic
 rolling class-locality auto --selector auto
 rolling class-locality msm --selector max-softmax
+rolling instance-locality v6w --selector logistic --filters 128
+.venv/bin/python $OUT/combine.py instance-locality v6w $OUT/instance-locality-window-next-filters128.json
+rolling class-locality auto128 --selector auto --filters 128
+.venv/bin/python $OUT/combine.py class-locality auto128 $OUT/class-locality-window-next-filters128.json
 # The per-window JSONs are combined into $OUT/<workload>-*.json: per window (plan, selectors,
 # calibration, agreement, hit rate, expected speedup, seen/new split, per-layer table) and over
 # the stream (mean agreement, worst window, speedup = sum of full / sum of expected latency).
