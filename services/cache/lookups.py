@@ -1,15 +1,16 @@
 """The cache service's data plane, free of gRPC: a decoded lookup in, hit/label/confidence out.
 
-A `Lookup` is checked against the bundle in use, joins the micro-batcher of its (model, layer),
-and is evaluated with the others of its batch in one `ProbeRuntime.lookup` call on one
-runtime snapshot (so a swap never splits a batch). A lookup that cannot be evaluated gets an
-`error` and a reason; it never raises into the stream that carried it.
+A `Lookup` is checked against the bundle in use and evaluated at once, in the caller's thread
+(the server's event loop), with one `ProbeRuntime.lookup` call on one runtime snapshot (so a
+swap never splits a lookup). There is no batching across streams: a lookup costs tens of
+microseconds, and waiting for company would cost more than it saves at the rates one cache
+service sees. A lookup that cannot be evaluated gets an `error` and a reason; it never raises
+into the stream that carried it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +18,6 @@ import numpy as np
 
 from gati.errors import InvalidArgument, NotFound
 from gati.probes.runtime import ProbeRuntime
-from services.cache.batcher import MicroBatcher
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
 from services.cache.states import RowStates
@@ -77,34 +77,29 @@ class Summary:
 
 
 class LookupEngine:
-    """Evaluates lookups against the probe store; one micro-batcher per (model, layer)."""
+    """Evaluates lookups against the probe store."""
 
-    def __init__(
-        self,
-        probes: ProbeStore,
-        states: RowStates,
-        metrics: CacheMetrics,
-        max_batch: int,
-        batch_wait_s: float,
-    ) -> None:
+    def __init__(self, probes: ProbeStore, states: RowStates, metrics: CacheMetrics) -> None:
         self.probes = probes
         self.states = states
         self.metrics = metrics
-        self._max_batch = max_batch
-        self._wait_s = batch_wait_s
-        self._batchers: dict[tuple[str, str], MicroBatcher[Lookup]] = {}
-        self._batchers_lock = threading.Lock()
 
     # ---- request path -------------------------------------------------------------------
     def lookup(self, item: Lookup) -> Lookup:
-        """Evaluate `item` (possibly together with concurrent ones); fills its answer."""
-        runtime = self.probes.get(item.model)
+        """Evaluate `item`; fills its answer (or its error)."""
+        runtime = self.probes.get(item.model)  # the snapshot this lookup uses
         if runtime is None:
             item.fail("model", f"no bundle for model {item.model!r}")
         elif self._check(runtime, item):  # else _check set the error
-            self._batcher(item.model, item.layer).submit(item, item.arrived)
+            try:
+                self._run(runtime, item)
+            except Exception:
+                log.exception("lookup failed at %s/%s", item.model, item.layer)
+                item.fail("internal", "internal error evaluating the probe", runtime.version)
         if item.error:
             self.metrics.errors.labels(item.reason).inc()
+        else:
+            self._record(item)
         return item
 
     def count_rejected(self, reason: str) -> None:
@@ -154,67 +149,17 @@ class LookupEngine:
             return False
         return True
 
-    def _batcher(self, model: str, layer: str) -> MicroBatcher[Lookup]:
-        key = (model, layer)
-        batcher = self._batchers.get(key)
-        if batcher is None:  # only for layers some bundle made active, so the dict stays small
-            with self._batchers_lock:
-                batcher = self._batchers.setdefault(
-                    key,
-                    MicroBatcher(
-                        lambda items, k=key: self._evaluate(k, items), self._max_batch, self._wait_s
-                    ),
-                )
-        return batcher
+    def _run(self, runtime: ProbeRuntime, item: Lookup) -> None:
+        states = self.states.get(item.model, item.request_id, item.rows, time.monotonic())
+        item.hit, item.label, item.confidence = runtime.lookup(item.layer, item.x, states)
+        item.version = runtime.version
 
-    def _evaluate(self, key: tuple[str, str], items: list[Lookup]) -> None:
-        """One runtime call for every item of a batch (all of one model and layer)."""
-        model, layer = key
-        runtime = self.probes.get(model)  # the snapshot this whole batch uses
-        if runtime is None:
-            for item in items:
-                item.fail("model", f"no bundle for model {model!r}")
-            return
-        ok = [item for item in items if self._check(runtime, item)]
-        try:
-            if ok:
-                self._run(runtime, layer, ok)
-        except Exception:
-            log.exception("lookup batch of %d failed at %s/%s", len(ok), model, layer)
-            for item in ok:
-                item.fail("internal", "internal error evaluating the probe", runtime.version)
-        self._record(model, layer, items)
-
-    def _run(self, runtime: ProbeRuntime, layer: str, items: list[Lookup]) -> None:
-        now = time.monotonic()
-        states = []
-        for item in items:
-            states += self.states.get(item.model, item.request_id, item.rows, now)
-        x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])  # [sum rows, D]
-        hit, label, conf = runtime.lookup(layer, x, states)
-        start = 0
-        for item in items:
-            end = start + len(item.rows)
-            item.hit, item.label = hit[start:end], label[start:end]
-            item.confidence = conf[start:end]
-            item.version = runtime.version
-            start = end
-
-    def _record(self, model: str, layer: str, items: list[Lookup]) -> None:
-        m = self.metrics.layer(model, layer)
-        done = time.perf_counter()
-        evaluated = hits = rows = 0
-        for item in items:
-            if item.error:
-                continue
-            evaluated += 1
-            rows += len(item.hit)
-            hits += int(np.count_nonzero(item.hit))
-            m.latency.observe(done - item.arrived)
-        if evaluated:
-            m.lookups.inc(evaluated)
-            if hits:
-                m.hits.inc(hits)
-            if rows - hits:
-                m.misses.inc(rows - hits)
-        m.batch_size.observe(len(items))
+    def _record(self, item: Lookup) -> None:
+        m = self.metrics.layer(item.model, item.layer)
+        m.lookups.inc()
+        hits = int(np.count_nonzero(item.hit))
+        if hits:
+            m.hits.inc(hits)
+        if len(item.hit) > hits:
+            m.misses.inc(len(item.hit) - hits)
+        m.latency.observe(time.perf_counter() - item.arrived)

@@ -26,19 +26,17 @@ LOOKUP_BUCKETS = (
     0.01,
     0.05,
 )
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128)
 LOOKUP_ERRORS = ("model", "layer", "dtype", "shape", "nonfinite", "internal")
 
 
 @dataclass(frozen=True)
 class LayerMetrics:
-    """The labelled children one (model, layer) updates per batch, resolved once: `labels()`
+    """The labelled children one (model, layer) updates per lookup, resolved once: `labels()`
     costs a lock and a dict lookup each, which adds up on the lookup path."""
 
     lookups: Counter
     hits: Counter
     misses: Counter
-    batch_size: Histogram
     latency: Histogram
 
 
@@ -72,13 +70,6 @@ class CacheMetrics:
             buckets=LOOKUP_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
-            "gati_cache_batch_size",
-            "lookups evaluated together in one micro-batch",
-            ["model", "layer"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
         self.bundle_version = Gauge(
             "gati_cache_bundle_version", "bundle version in use (0: none)", ["model"], registry=r
         )
@@ -89,6 +80,19 @@ class CacheMetrics:
             "gati_cache_bundles_refused",
             "bundles refused (the last good one stays)",
             ["model", "reason"],
+            registry=r,
+        )
+        self.streams_open = Gauge(
+            "gati_cache_lookup_streams", "Lookup streams open now", registry=r
+        )
+        self.streams_refused = Counter(
+            "gati_cache_lookup_streams_refused",
+            "Lookup streams refused because max_streams were open (RESOURCE_EXHAUSTED)",
+            registry=r,
+        )
+        self.streams_idle_closed = Counter(
+            "gati_cache_lookup_streams_idle_closed",
+            "Lookup streams closed after stream_idle_seconds without a message",
             registry=r,
         )
         self.redis_errors = Counter(
@@ -103,7 +107,6 @@ class CacheMetrics:
                 self.lookups.labels(model, layer),
                 self.hits.labels(model, layer),
                 self.misses.labels(model, layer),
-                self.batch_size.labels(model, layer),
                 self.latency.labels(model),
             )
             self._layers[(model, layer)] = found

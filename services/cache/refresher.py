@@ -31,28 +31,13 @@ from gati.probes.runtime import ProbeRuntime
 from gati.store import Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
+from services.common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (redis.RedisError, OSError)
 FALLBACK_TRIES = 5  # older versions tried when the pointer's is bad and none is held
 POLL_S = 0.25  # how long the listener blocks on pub/sub; bounds how long close() takes
-
-
-class Backoff:
-    """Exponential retry delays: first, 2x first, ... up to `cap`; `reset` after a success."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap = first, cap
-        self.delay = first
-
-    def next(self) -> float:
-        delay = self.delay
-        self.delay = min(self.delay * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 def refusal_reason(exc: Exception) -> str:

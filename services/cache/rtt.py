@@ -2,7 +2,7 @@
 
 The target (DESIGN.md section 5) is a lookup's p50 round trip within 1.2x of a bare ping-pong.
 Both servers run as separate processes on loopback with the same message sizes: an *echo*
-server (the same gati.v1 Lookup method on the same threaded gRPC server, answering without
+server (the same gati.v1 Lookup method on the same grpc.aio server, answering without
 evaluating anything) and `gati serve cache` with a bundle from a private Redis. One client
 stream sends a lookup and waits for its reply, as the inference service's stream does.
 
@@ -13,6 +13,7 @@ stream sends a lookup and waits for its reply, as the inference service's stream
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import queue
 import sys
@@ -20,7 +21,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,8 +50,8 @@ DIMS = {"layer1.2": 16, "layer2.1": 128, "layer3.0": 1024}
 class EchoServicer(cache_pb2_grpc.CacheServiceServicer):
     """The baseline: the same stream and message shapes, no evaluation."""
 
-    def Lookup(self, request_iterator, context):
-        for r in request_iterator:
+    async def Lookup(self, request_iterator, context):
+        async for r in request_iterator:
             rows = r.activation.shape[0] if r.activation.shape else 1
             yield cache_pb2.LookupReply(
                 seq=r.seq,
@@ -65,12 +65,16 @@ class EchoServicer(cache_pb2_grpc.CacheServiceServicer):
 
 
 def serve_echo(port: int) -> None:
-    """Run the echo server until killed (threaded API, as the cache service uses)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    cache_pb2_grpc.add_CacheServiceServicer_to_server(EchoServicer(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    server.wait_for_termination()
+    """Run the echo server until killed (grpc.aio, as the cache service uses)."""
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(EchoServicer(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
 
 
 @dataclass

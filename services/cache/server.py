@@ -20,7 +20,8 @@ from services.cache.probe_store import ProbeStore
 from services.cache.refresher import BundleRefresher
 from services.cache.servicer import CacheServicer
 from services.cache.states import RowStates
-from services.common.grpc_server import GrpcServer, build_server
+from services.common import cpus
+from services.common.grpc_server import AioGrpcServer
 from services.common.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CacheServer:
-    handle: GrpcServer
+    handle: AioGrpcServer
     engine: LookupEngine
     probes: ProbeStore
     refresher: BundleRefresher
@@ -52,14 +53,7 @@ class CacheServer:
 
 def build(config: CacheConfig) -> CacheServer:
     """Bind, load what Redis holds, start following it, and say SERVING."""
-    server, handle = build_server(
-        config.host,
-        config.port,
-        config.workers,
-        config.max_message_bytes,
-        (names.HEALTH_CACHE,),
-        (cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,),
-    )
+    cpus.pin(config.cpus, "cache service")
     metrics = CacheMetrics()
     probes = ProbeStore(metrics)
     store = BundleStore(config.redis_url, config.redis_password, config.redis_timeout_seconds)
@@ -72,14 +66,18 @@ def build(config: CacheConfig) -> CacheServer:
         backoff_max_s=config.redis_backoff_max_seconds,
     )
     engine = LookupEngine(
-        probes,
-        RowStates(config.state_entries, config.state_ttl_seconds),
-        metrics,
-        config.max_batch,
-        config.batch_wait_ms / 1000.0,
+        probes, RowStates(config.state_entries, config.state_ttl_seconds), metrics
     )
-    cache_pb2_grpc.add_CacheServiceServicer_to_server(CacheServicer(engine), server)
-    server.start()
+    handle = AioGrpcServer(
+        config.host,
+        config.port,
+        config.max_message_bytes,
+        (names.HEALTH_CACHE,),
+        (cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,),
+        lambda server: cache_pb2_grpc.add_CacheServiceServicer_to_server(
+            CacheServicer(engine, config.max_streams, config.stream_idle_seconds), server
+        ),
+    )
     if not refresher.sync_once():
         log.warning("no bundles at start: redis %s unreachable; retrying", config.redis_url)
     refresher.start()

@@ -1,5 +1,10 @@
 """Build a gRPC server with health and reflection, run it, drain it on SIGTERM.
 
+Two kinds: a threaded server (`build_server`), where each RPC runs on a worker thread, for
+services whose calls do blocking work (the model's forward pass); and `AioGrpcServer`, a
+grpc.aio server on one event-loop thread, for the cache service, whose every call is answered
+inline in tens of microseconds.
+
 Building (bind, possibly port 0, return the port) is kept apart from running, so tests start
 real servers in-process cheaply. Health says NOT_SERVING until the service calls
 `set_serving`, and again while draining, so load balancers stop sending before we stop.
@@ -7,12 +12,14 @@ real servers in-process cheaply. Health says NOT_SERVING until the service calls
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -85,3 +92,95 @@ def build_server(
     handle = GrpcServer(server, bound, health_servicer, names)
     handle.set_serving(False)
     return server, handle
+
+
+class AioGrpcServer:
+    """A grpc.aio server on its own event-loop thread, with the GrpcServer handle's interface.
+
+    For a service whose RPCs are answered inline on the loop (no thread per stream, no hand-off
+    between threads): an open stream costs a coroutine, not a worker, so idle streams cannot
+    starve health checks or other calls, and a message is read, answered and written by the
+    one thread that polled it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        service_names: Iterable[str],
+        reflection_names: Iterable[str],
+        add_servicers: Callable[[grpc.aio.Server], None],
+    ) -> None:
+        self.service_names = tuple(service_names)
+        self.stopped = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+
+        async def create() -> tuple[grpc.aio.Server, int]:
+            server = grpc.aio.server(options=options)
+            self.health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection.enable_server_reflection(
+                (*reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
+            add_servicers(server)
+            bound = server.add_insecure_port(f"{host}:{port}")
+            if bound == 0:
+                raise OSError(f"cannot bind {host}:{port}")
+            await server.start()
+            return server, bound
+
+        try:
+            self.server, self.port = self.run(create())
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+        self.set_serving(False)
+
+    def run(self, coro: Any, timeout: float | None = 30.0) -> Any:
+        """Run a coroutine on the server's loop from another thread; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def set_serving(self, serving: bool = True) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+        async def apply() -> None:
+            for name in ("", *self.service_names):
+                await self.health.set(name, status)
+
+        if not self.loop.is_closed():
+            self.run(apply())
+
+    def stop(self, grace: float) -> None:
+        """Refuse new RPCs, let in-flight ones finish within `grace` seconds, end the loop."""
+        if self.stopped.is_set():
+            return
+        self.set_serving(False)
+        self.run(self.server.stop(grace), timeout=grace + 30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.stopped.set()
+
+    def wait_for_signal(self, grace: float) -> None:
+        """Block until SIGTERM or SIGINT, then drain (main thread only)."""
+        done = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal %d: draining for up to %.1fs", signum, grace)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        done.wait()
+        self.stop(grace)

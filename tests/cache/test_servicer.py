@@ -22,6 +22,7 @@ from tests.cache.helpers import (
     lookup_request,
     make_bundle,
     sample,
+    wait_until,
 )
 
 
@@ -178,26 +179,25 @@ def test_float16_activations_are_accepted(served, published: ProbeRuntime) -> No
     assert reply.error == "" and list(reply.label) == label.tolist()
 
 
-def test_concurrent_streams_are_micro_batched(store: BundleStore, start_cache) -> None:
-    """Eight streams, each with 40 lookups pipelined, on one layer: the batch-size histogram
-    shows lookups evaluated together, and every reply equals a lone lookup's answer."""
+def test_concurrent_streams_each_get_their_own_answers(store: BundleStore, start_cache) -> None:
+    """Eight streams, each with 40 lookups pipelined, on one layer: every reply equals a lone
+    lookup's answer and goes back on the stream that asked."""
     version = store.publish(make_bundle(layers={"layer3.0": ("conv", 64)}))
     reference = ProbeRuntime.from_bytes(store.fetch(MODEL, version))  # type: ignore[arg-type]
-    server = start_cache(workers=16)
+    server = start_cache()
     xs = np.random.default_rng(0).normal(size=(40, DIMS["layer3.0"])).astype(np.float32)
     expected = [
         reference.lookup("layer3.0", xs[i : i + 1], [reference.new_state()]) for i in range(40)
     ]
     errors: list[str] = []
 
-    def client(c: int, burst: int) -> None:
+    def client(c: int) -> None:
         with grpc.insecure_channel(
             f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]
         ) as channel:
             stream = Stream(channel)
             for i in range(len(xs)):  # all in flight at once; fresh request ids, fresh states
-                rid = f"b{burst}-c{c}-{i}"
-                stream.send(lookup_request(i, "layer3.0", xs[i : i + 1], request_id=rid))
+                stream.send(lookup_request(i, "layer3.0", xs[i : i + 1], request_id=f"c{c}-{i}"))
             for i in range(len(xs)):
                 reply = stream.receive()
                 _, label, conf = expected[i]
@@ -206,23 +206,57 @@ def test_concurrent_streams_are_micro_batched(store: BundleStore, start_cache) -
                     errors.append(f"{c}/{i}: {reply}")
             stream.close()
 
-    m = server.metrics
-    labels = {"model": MODEL, "layer": "layer3.0"}
-    for burst in range(5):  # contention is likely, not certain: up to five bursts
-        threads = [threading.Thread(target=client, args=(c, burst)) for c in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert not errors
-        batches = sample(m, "gati_cache_batch_size_count", **labels)
-        singles = sample(m, "gati_cache_batch_size_bucket", **labels, le="1.0")
-        if batches > singles:
-            break
-    evaluated = sample(m, "gati_cache_batch_size_sum", **labels)
-    print(
-        f"\n{evaluated:.0f} lookups from 8 streams ({burst + 1} bursts): {batches:.0f} batches, "
-        f"{batches - singles:.0f} of more than one lookup, mean size {evaluated / batches:.2f}"
-    )
-    assert evaluated == 320 * (burst + 1)
-    assert batches > singles  # some lookups were evaluated together
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert sample(server.metrics, "gati_cache_lookups_total", model=MODEL, layer="layer3.0") == 320
+
+
+def test_streams_beyond_the_cap_are_refused_and_the_service_keeps_answering(
+    published: ProbeRuntime, start_cache
+) -> None:
+    """Idle streams hold no worker: with max_streams open and silent, a further stream gets a
+    clear RESOURCE_EXHAUSTED while health, GetPlan and lookups on the open streams answer."""
+    server = start_cache(max_streams=3)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        held = [Stream(channel) for _ in range(3)]
+        x = np.zeros((1, DIMS["layer1.2"]), np.float32)
+        assert held[0].ask(lookup_request(1, "layer1.2", x)).error == ""  # all three are open
+        assert held[1].ask(lookup_request(1, "layer1.2", x)).error == ""
+        assert held[2].ask(lookup_request(1, "layer1.2", x)).error == ""
+        extra = Stream(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            extra.ask(lookup_request(1, "layer1.2", x))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_streams" in refused.value.details()
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health.Check(health_pb2.HealthCheckRequest(service=names.HEALTH_CACHE), timeout=2)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        plan = cache_pb2_grpc.CacheServiceStub(channel).GetPlan(
+            cache_pb2.PlanRequest(model=MODEL), timeout=2
+        )
+        assert plan.bundle_version == 1
+        assert held[0].ask(lookup_request(2, "layer1.2", x)).error == ""
+        assert sample(server.metrics, "gati_cache_lookup_streams_refused_total") == 1
+        assert sample(server.metrics, "gati_cache_lookup_streams") == 3
+        for s in held:
+            s.close()
+
+
+def test_a_silent_stream_is_closed_after_the_idle_time(
+    published: ProbeRuntime, start_cache
+) -> None:
+    server = start_cache(stream_idle_seconds=0.4)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stream = Stream(channel)
+        x = np.zeros((1, DIMS["layer1.2"]), np.float32)
+        assert stream.ask(lookup_request(1, "layer1.2", x)).error == ""
+        with pytest.raises(grpc.RpcError) as closed:  # nothing sent: the server ends it
+            stream.receive()
+        assert closed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "without a lookup" in closed.value.details()
+        assert sample(server.metrics, "gati_cache_lookup_streams_idle_closed_total") == 1
+        wait_until(lambda: sample(server.metrics, "gati_cache_lookup_streams") == 0, timeout=10)
