@@ -2,7 +2,9 @@
 
 Starts, in this order: a Kafka-protocol broker (Tansu, in memory), Redis (a private
 redis-server with a generated AUTH password, or one already listening given by --redis-url),
-then the cache, trainer and inference services. Waits until the broker and Redis accept
+then the cache, trainer and inference services: on a machine with two or more cores the
+model runs on the first core alone (one torch thread) and the others share the rest, the
+trainer niced (services/common/cpus.py says why). Waits until the broker and Redis accept
 connections and each service's grpc.health.v1 says SERVING, prints the endpoints, and returns.
 The processes outlive this command (each in its own session, logging to the run directory);
 `gati down` stops them. If anything fails to start, its log tail is printed and everything
@@ -36,6 +38,7 @@ from gati.local.processes import (
     wait_for_health,
     wait_for_port,
 )
+from services.common import cpus
 
 LOG_TAIL_LINES = 40
 
@@ -70,6 +73,7 @@ class UpOptions:
     records: bool = True  # the inference service sends activation records to Kafka
     port_base: int = DEFAULT_PORT_BASE  # 0: every port picked free by the OS
     host: str = LOCALHOST  # the services bind here; broker and private Redis stay on loopback
+    pin: bool = True  # the model gets a core of its own, the other services share the rest
     timeout: float = 180.0  # for all services to be healthy (torch loads slowly on 2 busy cores)
     stop_timeout: float = 20.0  # SIGTERM to SIGKILL when cleaning up a failed start
 
@@ -120,6 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default=LOCALHOST, help="address the services bind (default 127.0.0.1)"
     )
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave core placement to the OS (default: the model on the first core, the other "
+        "services on the rest)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -154,6 +164,7 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
         records=not args.no_records,
         port_base=args.ports,
         host=args.host,
+        pin=not args.no_pin,
         timeout=args.timeout,
     )
 
@@ -348,6 +359,7 @@ def _service_plan(
     model_flags = ["--model", opts.model, "--arch", opts.arch]
     if opts.weights is not None:
         model_flags += ["--weights", str(opts.weights)]
+    model_cpus, other_cpus = cpus.one_machine_layout() if opts.pin else ("", "")
     plan = []
 
     def service(name: str, health: str, *flags: str) -> None:
@@ -360,18 +372,19 @@ def _service_plan(
 
     if opts.cache:
         assert redis_url is not None
-        service("cache", names.HEALTH_CACHE, "--redis-url", redis_url)
+        service("cache", names.HEALTH_CACHE, "--redis-url", redis_url, "--cpus", other_cpus)
     if opts.trainer:
         assert redis_url is not None and kafka_address is not None
         service(
             "trainer", names.HEALTH_TRAINER,
             "--kafka-bootstrap", kafka_address, "--redis-url", redis_url, *model_flags,
+            "--cpus", other_cpus,
         )  # fmt: skip
     extra = ["--cache-address", f"{connect}:{ports['cache']}"] if opts.cache else []
     if opts.records:
         assert kafka_address is not None
         extra += ["--kafka-bootstrap", kafka_address]
-    service("inference", names.HEALTH_INFERENCE, *model_flags, *extra)
+    service("inference", names.HEALTH_INFERENCE, *model_flags, *extra, "--cpus", model_cpus)
     return plan
 
 

@@ -1,32 +1,52 @@
-"""Client side of the gati.v1 cache API: one long-lived Lookup stream, plans per model.
+"""Client side of the gati.v1 cache API, as the model's thread sees it: plans, lookups, replies.
 
-The request path never blocks here: `lookup` queues a message and returns a `PendingLookup`
-the engine polls between stages; a reply that is not back when the model has finished is
-simply ignored. If the cache service is unreachable, `plan` returns None (the full model
-serves), and a background thread reconnects with exponential backoff.
+`lookup` copies the activation into shared memory and writes one small frame to the relay's
+pipe (`services.inference.relay` holds the Lookup stream, in its own process: see
+`services.inference.handoff` for why); it never blocks, and a lookup that finds no room is
+dropped, counted, and the model simply goes on. `PendingLookup.poll` reads the reply table
+between stages. If the relay or the cache service is down, `plan` returns None (the full model
+serves) while the relay reconnects with backoff, and a relay that exits is started again.
+Plans come from unary GetPlan calls on this process's own channel, once a second and at once
+when a reply names a bundle version other than the plan's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import logging
-import queue
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
+import torch
 
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.models import StagedModel
-from gati.probes.reductions import REDUCTIONS
+from gati.probes.reductions import REDUCTIONS, grid, reduce
+from services.common.backoff import Backoff
+from services.inference.handoff import (
+    CONNECTED,
+    CONSUMED,
+    NCHW,
+    NHWC,
+    REPLIED,
+    Frame,
+    Handoff,
+)
 from services.inference.metrics import InferenceMetrics
+from services.inference.relay import RelaySpec
 
 log = logging.getLogger(__name__)
 
-_CLOSE = object()
+PIPE_BYTES = 1 << 20  # room for thousands of frames if the relay stalls for a moment
 
 
 @dataclass(frozen=True)
@@ -38,20 +58,74 @@ class ActivePlan:
     layers: dict[int, tuple[str, str]]
 
 
+@dataclass(frozen=True)
+class Reply:
+    hit: np.ndarray  # [rows] bool
+    label: np.ndarray  # [rows] int32
+    confidence: np.ndarray  # [rows] float32
+    version: int
+    error: bool
+
+
 class PendingLookup:
-    """One lookup in flight; `reply` is set by the stream's reader thread."""
+    """One lookup in flight; `poll` returns its reply once the relay has written it."""
 
-    __slots__ = ("layer", "model", "replied_at", "reply", "rows", "sent_at", "seq", "stage")
+    __slots__ = (
+        "_handoff",
+        "layer",
+        "model",
+        "replied_at",
+        "reply",
+        "rows",
+        "sent_at",
+        "seq",
+        "stage",
+    )
 
-    def __init__(self, seq: int, model: str, layer: str, stage: int, rows: np.ndarray) -> None:
+    def __init__(
+        self, handoff: Handoff, seq: int, model: str, layer: str, stage: int, rows: np.ndarray
+    ) -> None:
+        self._handoff = handoff
         self.seq = seq
         self.model = model
         self.layer = layer
         self.stage = stage
         self.rows = rows  # batch row ids the activation rows belong to
-        self.reply: cache_pb2.LookupReply | None = None
+        self.reply: Reply | None = None
         self.sent_at = time.perf_counter()
-        self.replied_at = 0.0
+        self.replied_at = 0.0  # when the relay made the reply usable (0: not seen)
+
+    def poll(self) -> Reply | None:
+        if self.reply is not None:
+            return self.reply
+        h, s = self._handoff, self.seq % self._handoff.slots
+        if h.seq[s] != self.seq:
+            return None
+        n = int(h.rows[s])
+        reply = Reply(
+            h.hit[s, :n].astype(bool),
+            h.label[s, :n].copy(),
+            h.confidence[s, :n].copy(),
+            int(h.version[s]),
+            bool(h.error[s]),
+        )
+        replied_at = float(h.replied_at[s])
+        if h.seq[s] != self.seq:  # overwritten while we copied (seqlock): not ours any more
+            return None
+        self.reply, self.replied_at = reply, replied_at
+        return reply
+
+
+@dataclass
+class _Route:
+    """How lookups of one (model, stage, reduction, batch rows) go to the relay, worked out
+    once: the frame header, and a view of every arena slot shaped like what is copied there."""
+
+    head: tuple[int, ...]  # Frame fields after seq and version, before the request id length
+    shape: torch.Size
+    memory_format: torch.memory_format | None  # None: reduced here, the slot holds [rows, D]
+    views: list[np.ndarray]
+    counter: Any  # the lookups-sent metric of (model, layer)
 
 
 class CacheClient:
@@ -62,29 +136,42 @@ class CacheClient:
         metrics: InferenceMetrics,
         plan_refresh_seconds: float = 1.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        *,
+        max_rows: int = 256,
+        slots: int = 1024,
+        arena_slots: int = 64,
+        arena_slot_bytes: int = 256 << 10,
+        relay_cpus: str = "",
     ) -> None:
         self.address = address
         self._models = models
+        self._model_index = {name: i for i, name in enumerate(models)}
         self._metrics = metrics
         self._refresh = plan_refresh_seconds
+        self._max_message_bytes = max_message_bytes
+        self._relay_cpus = relay_cpus
+        self._max_rows = min(max_rows, Frame.max_rows())
+        self.handoff = Handoff.create(slots, self._max_rows, arena_slots, arena_slot_bytes)
+        self._routes: dict[tuple[str, int, str, int], _Route] = {}
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()  # seq order = pipe order, so slots are freed in order
+        self._pipe_w: int | None = None
+        self._relay: subprocess.Popen | None = None
+        self._closed = threading.Event()
+        self._plan_wakeup = threading.Event()
+        self._plans: dict[str, ActivePlan | None] = dict.fromkeys(models)
         self._channel = grpc.insecure_channel(
             address,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.keepalive_time_ms", 10000),
             ],
         )
         self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
-        self._seq = itertools.count(1)
-        self._pending: dict[int, PendingLookup] = {}
-        self._send: queue.SimpleQueue = queue.SimpleQueue()
-        self._connected = threading.Event()
-        self._closed = threading.Event()
-        self._plan_wakeup = threading.Event()
-        self._plans: dict[str, ActivePlan | None] = dict.fromkeys(models)
+        self._was_connected = False
+        self._start_relay()
         self._threads = [
-            threading.Thread(target=self._stream_loop, name="cache-stream", daemon=True),
+            threading.Thread(target=self._supervise, name="cache-relay", daemon=True),
             threading.Thread(target=self._plan_loop, name="cache-plan", daemon=True),
         ]
         for t in self._threads:
@@ -93,102 +180,192 @@ class CacheClient:
     # --- request path ------------------------------------------------------------------
     def plan(self, model: str) -> ActivePlan | None:
         """The plan to use now, or None when there is none or the service is unreachable."""
-        if not self._connected.is_set():
+        if not self.connected:
             return None
         return self._plans.get(model)
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return bool(self.handoff.status[CONNECTED]) and self._pipe_w is not None
 
     def lookup(
         self,
-        request_id: str,
+        request_id: bytes,
         model: str,
         layer: str,
         stage: int,
-        reduced: np.ndarray,
+        activation: torch.Tensor,
+        reduction: str,
         rows: np.ndarray,
         version: int,
-    ) -> PendingLookup:
-        """Queue one lookup of `reduced` [rows, D] float32; never blocks."""
-        seq = next(self._seq)
-        pending = PendingLookup(seq, model, layer, stage, rows)
-        self._pending[seq] = pending
-        self._send.put(
-            cache_pb2.LookupRequest(
-                seq=seq,
-                request_id=request_id,
-                model=model,
-                layer=layer,
-                activation=cache_pb2.Tensor(
-                    dtype="float32", shape=reduced.shape, data=reduced.tobytes()
-                ),
-                bundle_version=version,
-                rows=rows.tolist(),
-            )
+    ) -> PendingLookup | None:
+        """Hand one lookup of `activation` [rows, C, H, W] to the relay; never blocks. None
+        (and counted) when it could not be handed over: the request goes on without it.
+        `rows`: int32 batch row ids; `request_id` at most MAX_REQUEST_ID_BYTES."""
+        route = self._routes.get((model, stage, reduction, len(rows)))
+        if route is None or activation.shape != route.shape:
+            route = self._route(model, layer, stage, reduction, activation)
+            if route is None:
+                return None
+        h = self.handoff
+        with self._lock:
+            seq = next(self._seq)
+            if seq - int(h.status[CONSUMED]) > h.arena_slots or self._pipe_w is None:
+                self._metrics.lookups_dropped.labels("backlog").inc()
+                return None
+            slot = route.views[seq % h.arena_slots]
+            if route.memory_format is None:
+                np.copyto(slot, reduce(activation, reduction).numpy())
+            else:  # the slot view has the activation's strides: one memory-order copy
+                np.copyto(slot, activation.numpy())
+            head = Frame.HEAD.pack(seq, version, *route.head, len(request_id))
+            try:
+                os.write(self._pipe_w, head + request_id + rows.tobytes())
+            except (BlockingIOError, BrokenPipeError):
+                self._metrics.lookups_dropped.labels("relay").inc()
+                return None
+        route.counter.inc()
+        return PendingLookup(h, seq, model, layer, stage, rows)
+
+    def _route(
+        self, model: str, layer: str, stage: int, reduction: str, activation: torch.Tensor
+    ) -> _Route | None:
+        """Work out (and keep) how this kind of lookup is sent: the raw activation when the
+        relay can pool it exactly and it fits a slot, else reduced here."""
+        n = activation.shape[0]
+        h = self.handoff
+        if n > self._max_rows:
+            self._metrics.lookups_dropped.labels("rows").inc()
+            return None
+        g = grid(reduction)
+        index = self._model_index[model]
+        raw = (
+            activation.dim() == 4
+            and activation.dtype == torch.float32
+            and activation.device.type == "cpu"
+            and activation.shape[2] % g == 0
+            and activation.shape[3] % g == 0
+            and activation.numel() * 4 <= h.arena_slot_bytes
         )
-        self._metrics.lookups.labels(model, layer).inc()
-        return pending
+        slots = range(h.arena_slots)
+        fmt: torch.memory_format | None
+        if not raw:
+            c = reduce(activation[:1], reduction).shape[1]
+            if n * c * 4 > h.arena_slot_bytes:
+                self._metrics.lookups_dropped.labels("rows").inc()
+                return None
+            fmt, head = None, (n, index, stage, 0, NCHW, c, 1, 1)
+            views = [h.arena[k, : n * c].reshape(n, c) for k in slots]
+        else:
+            _, c, hh, ww = activation.shape
+            size = n * c * hh * ww
+            nhwc = (
+                activation.is_contiguous(memory_format=torch.channels_last)
+                and not activation.is_contiguous()
+            )
+            if nhwc:  # a network fed NHWC images runs channels-last: copy it as it lies
+                fmt, head = torch.channels_last, (n, index, stage, g, NHWC, c, hh, ww)
+                views = [
+                    h.arena[k, :size].reshape(n, hh, ww, c).transpose(0, 3, 1, 2) for k in slots
+                ]
+            else:
+                fmt, head = torch.contiguous_format, (n, index, stage, g, NCHW, c, hh, ww)
+                views = [h.arena[k, :size].reshape(n, c, hh, ww) for k in slots]
+        counter = self._metrics.lookups.labels(model, layer)
+        route = _Route(head, activation.shape, fmt, views, counter)
+        self._routes[(model, stage, reduction, n)] = route
+        return route
 
-    def forget(self, pendings: list[PendingLookup]) -> int:
-        """Drop lookups the request no longer waits for; returns how many had no reply."""
-        unanswered = 0
-        for p in pendings:
-            if self._pending.pop(p.seq, None) is not None:
-                unanswered += 1
-        return unanswered
-
-    # --- background ----------------------------------------------------------------------
-    def _requests(self, outbox: queue.SimpleQueue) -> Iterator[cache_pb2.LookupRequest]:
-        while True:
-            item = outbox.get()
-            if item is _CLOSE:
-                return
-            yield item
-
-    def _stream_loop(self) -> None:
-        backoff = 0.05
-        while not self._closed.is_set():
-            try:
-                grpc.channel_ready_future(self._channel).result(timeout=max(backoff, 0.5))
-            except grpc.FutureTimeoutError:
-                backoff = min(backoff * 2, 2.0)
-                continue
-            outbox: queue.SimpleQueue = queue.SimpleQueue()
-            self._send = outbox
-            call = self._stub.Lookup(self._requests(outbox))
-            self._metrics.cache_reconnects.inc()
-            self._connected.set()
+    def note_reply(self, p: PendingLookup, stage: int) -> None:
+        """A reply first seen after `stage`: its round trip, how many stages late it was, and
+        whether it names a bundle newer than the plan (then fetch the plan at once)."""
+        self._metrics.lookup_rtt.observe(max(p.replied_at - p.sent_at, 0.0))
+        self._metrics.lookup_reply_stages.observe(stage - p.stage)
+        plan = self._plans.get(p.model)
+        if plan is not None and p.reply is not None and p.reply.version != plan.version:
             self._plan_wakeup.set()
-            log.info("lookup stream to %s open", self.address)
-            try:
-                for reply in call:
-                    pending = self._pending.pop(reply.seq, None)
-                    if pending is None:
-                        continue  # the request finished without it
-                    pending.replied_at = time.perf_counter()
-                    pending.reply = reply
-                    self._metrics.lookup_rtt.observe(pending.replied_at - pending.sent_at)
-                    plan = self._plans.get(pending.model)
-                    if plan is not None and reply.bundle_version != plan.version:
-                        self._plan_wakeup.set()  # a new bundle is live: fetch its plan now
-                backoff = 0.05
-            except grpc.RpcError as exc:
-                if not self._closed.is_set():
-                    log.warning("lookup stream to %s failed: %s", self.address, exc.code())
-            finally:
-                self._connected.clear()
-                outbox.put(_CLOSE)
-                self._pending.clear()
-            if not self._closed.wait(backoff):
-                backoff = min(backoff * 2, 2.0)
 
+    def replies(self) -> int:
+        """How many replies the relay has made usable so far. The engine looks at its
+        pending lookups only when this moved: one read of shared memory per stage instead of
+        a poll of every lookup (measured: 17 us a poll, ~9 polls a request before)."""
+        return int(self.handoff.status[REPLIED])
+
+    @staticmethod
+    def unanswered(pendings: list[PendingLookup]) -> int:
+        """How many of a finished request's lookups had no reply in time."""
+        return sum(1 for p in pendings if p.reply is None)
+
+    # --- relay process ---------------------------------------------------------------------
+    def _start_relay(self) -> None:
+        read_fd, write_fd = os.pipe()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            with contextlib.suppress(OSError):  # a lower system limit: the default size works
+                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        os.set_blocking(write_fd, False)
+        with self._lock:  # no lookup goes out until the new relay's pipe is in place
+            self.handoff.reset()
+            self._seq = itertools.count(1)
+        spec = RelaySpec(
+            address=self.address,
+            models=list(self._models),
+            cuts=[list(m.cut_names) for m in self._models.values()],
+            handoff_fd=self.handoff.fd,
+            pipe_fd=read_fd,
+            slots=self.handoff.slots,
+            max_rows=self.handoff.max_rows,
+            arena_slots=self.handoff.arena_slots,
+            arena_slot_bytes=self.handoff.arena_slot_bytes,
+            max_message_bytes=self._max_message_bytes,
+            cpus=self._relay_cpus,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )
+        self._relay = subprocess.Popen(
+            [sys.executable, "-m", "services.inference.relay", spec.to_json()],
+            pass_fds=(self.handoff.fd, read_fd),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(read_fd)
+        with self._lock:
+            self._pipe_w = write_fd
+
+    def _supervise(self) -> None:
+        """Wait on the relay; start it again (with backoff) if it exits while we run."""
+        backoff = Backoff(0.2, 5.0)
+        while not self._closed.is_set():
+            relay = self._relay
+            assert relay is not None
+            while not self._closed.is_set():
+                try:
+                    code = relay.wait(timeout=0.25)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._note_connection()
+            else:
+                return
+            with self._lock:
+                os.close(self._pipe_w)  # type: ignore[arg-type]
+                self._pipe_w = None
+            self.handoff.status[CONNECTED] = 0
+            self._metrics.relay_restarts.inc()
+            log.error("lookup relay exited with %s; starting it again", code)
+            if self._closed.wait(backoff.next()):
+                return
+            self._start_relay()
+
+    def _note_connection(self) -> None:
+        connected = self.connected
+        if connected and not self._was_connected:
+            self._metrics.cache_reconnects.inc()
+            self._plan_wakeup.set()
+        self._was_connected = connected
+
+    # --- plans ---------------------------------------------------------------------------
     def _plan_loop(self) -> None:
         while not self._closed.is_set():
             self._plan_wakeup.wait(self._refresh)
             self._plan_wakeup.clear()
-            if self._closed.is_set() or not self._connected.is_set():
+            if self._closed.is_set() or not self.connected:
                 continue
             for name in self._models:
                 self._refresh_plan(name)
@@ -244,10 +421,20 @@ class CacheClient:
     def close(self) -> None:
         self._closed.set()
         self._plan_wakeup.set()
-        self._send.put(_CLOSE)
-        self._channel.close()
         for t in self._threads:
             t.join(timeout=2)
+        with self._lock:
+            if self._pipe_w is not None:
+                os.close(self._pipe_w)  # the relay sees EOF and exits
+                self._pipe_w = None
+        if self._relay is not None:
+            try:
+                self._relay.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self._relay.kill()
+                self._relay.wait()
+        self._channel.close()
+        self.handoff.close()
 
 
 def round_trip_ms(lookups: list[PendingLookup], now: float) -> float:

@@ -38,7 +38,11 @@ class InferenceConfig:
     weights: str | None = _f(None, "path to the model's weights")
     models: tuple[str, ...] = _f((), "more models, comma-separated NAME=ARCH@WEIGHTS")
     device: str = _f("cpu", "torch device: cpu or cuda[:N]")
-    threads: int = _f(0, "torch intra-op threads (0: torch's default)")
+    threads: int = _f(
+        1, "torch intra-op threads (0: torch's default, one per core; 1 is fastest at batch 1)"
+    )
+    cpus: str = _f("", "cores the model runs on, e.g. 0 or 0-3 (empty: any)")
+    relay_cpus: str = _f("", "cores of the lookup relay (empty: the cores not in --cpus, if any)")
     workers: int = _f(8, "gRPC worker threads")
     max_batch: int = _f(256, "largest batch accepted in one request")
     max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message sent or received")
@@ -58,14 +62,21 @@ class InferenceConfig:
     shadow_fraction: float = _f(0.2, "fraction of hits whose full model runs in the background")
     shadow_inflight: int = _f(1, "most shadow completions running at once")
     agreement_target: float = _f(0.99, "served agreement the live guard holds")
+    payoff_min_lookups: int = _f(
+        300, "lookups per layer before judging whether it pays for itself (0: never switch off)"
+    )
+    payoff_retry_seconds: float = _f(120.0, "a layer that did not pay is tried again after this")
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
+        require(self.threads >= 0, "threads", "must be >= 0 (0: torch's default)")
         require(self.workers >= 1, "workers", "must be at least 1")
         require(self.max_batch >= 1, "max_batch", "must be at least 1")
         require(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024")
         require(0.0 <= self.shadow_fraction <= 1.0, "shadow_fraction", "must be within 0..1")
         require(self.record_queue >= 1, "record_queue", "must be at least 1")
+        require(self.payoff_min_lookups >= 0, "payoff_min_lookups", "must be >= 0")
+        require(self.payoff_retry_seconds > 0, "payoff_retry_seconds", "must be positive")
         require(0.0 < self.agreement_target < 1.0, "agreement_target", "must be within (0, 1)")
         require(bool(self.model_specs()), "model", "serve at least one model (--model, --arch)")
 

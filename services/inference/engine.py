@@ -19,7 +19,6 @@ import torch
 
 from gati.errors import InvalidArgument, NotFound
 from gati.models import StagedModel
-from gati.probes.reductions import reduce
 from services.inference.cache_client import (
     ActivePlan,
     CacheClient,
@@ -28,9 +27,12 @@ from services.inference.cache_client import (
 )
 from services.inference.exact_cache import ExactCache
 from services.inference.guard import LiveGuard
+from services.inference.handoff import MAX_REQUEST_ID_BYTES
 from services.inference.metrics import InferenceMetrics
+from services.inference.payoff import PayoffGuard
 
 FULL = "full"  # exit label of rows answered by the whole model
+STAGE_EWMA = 0.05  # weight of one pass in each stage's running compute time
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Engine:
         recorder: RecordSink | None = None,
         shadow: ShadowRunnerLike | None = None,
         guard: LiveGuard | None = None,
+        payoff: PayoffGuard | None = None,
         max_batch: int = 256,
         caches_enabled: bool = True,
         record_layers: tuple[str, ...] = (),
@@ -111,11 +114,14 @@ class Engine:
         self.recorder = recorder
         self.shadow = shadow
         self.guard = guard
+        self.payoff = payoff
         self.max_batch = max_batch
         self.caches_enabled = caches_enabled
         self._record_cuts = {
             name: self.record_indices(m.model, record_layers) for name, m in models.items()
         }
+        # Running compute time of each stage at batch 1 (seconds): what a hit saves.
+        self.stage_s = {name: np.zeros(m.model.num_stages) for name, m in models.items()}
 
     @staticmethod
     def record_indices(model: StagedModel, layers: tuple[str, ...]) -> frozenset[int]:
@@ -164,6 +170,8 @@ class Engine:
                 self.metrics.cache_unavailable.labels(name).inc()
         if self.guard is not None and plan is not None:
             plan = self.guard.filter(plan)
+        if self.payoff is not None and plan is not None:
+            plan = self.payoff.filter(plan)
 
         job = RecordJob(name, request_id, time.time()) if self.recorder is not None else None
         state = _Pass(served, plan, request_id, scores, labels, hit, exit_index, keys, job)
@@ -193,42 +201,79 @@ class Engine:
         st.row_ids = row_ids
         st.alive = np.arange(len(row_ids))  # positions (into row_ids) still computing
         st.acts = {int(p): [] for p in st.alive}
+        st.stage_s = np.full(model.num_stages, np.nan)
+        clock = time.perf_counter
         with torch.inference_mode():
             h = model.preprocess(torch.from_numpy(x))
+            t0 = clock()
             for i, stage in enumerate(model.stages):
                 h = stage(h)  # [rows alive, C, H, W]; the head gives [rows alive, classes]
+                t1 = clock()
+                st.stage_s[i] = t1 - t0
                 if i == last:
                     break
                 if i in record_cuts:
                     cut = model.cut_names[i]
                     for j, p in enumerate(st.alive):
                         st.acts[int(p)].append((cut, h[j]))
+                if i not in active and not st.pending:
+                    t0 = t1
+                    continue
                 if i in active:
                     layer, reduction = active[i]
+                    if st.rows_i32 is None:  # the rows still computing, as the relay wants
+                        st.rows_i32 = row_ids[st.alive].astype(np.int32)
                     lookup = self.cache.lookup(  # type: ignore[union-attr]
-                        st.request_id,
+                        st.rid_bytes,
                         st.served.name,
                         layer,
                         i,
-                        reduce(h, reduction).numpy(),
-                        row_ids[st.alive].astype(np.int32),
+                        h,
+                        reduction,
+                        st.rows_i32,
                         st.version,
                     )
-                    st.pending.append(lookup)
-                    st.sent.append(lookup)
-                if st.pending:
+                    if lookup is not None:
+                        st.pending.append(lookup)
+                        st.sent.append(lookup)
+                replies = self.cache.replies() if st.pending else st.replies  # type: ignore[union-attr]
+                if replies != st.replies:  # a reply came in: some of ours may be among them
+                    st.replies = replies
                     keep = self._take_hits(st, h, i)
                     if keep is not None:
                         h = h[keep]
                         st.alive = st.alive[keep]
-                        if len(st.alive) == 0:
-                            break
+                        st.rows_i32 = None
+                t0 = clock()
+                st.lookup_s += t0 - t1
+                if len(st.alive) == 0:
+                    break
             if len(st.alive):
                 self._finish_full(st, h.float().numpy())
-        if st.pending and self.cache is not None:
-            unanswered = self.cache.forget(st.pending)
+        self._account(st)
+
+    def _account(self, st: _Pass) -> None:
+        """After a pass: stage times, lookup costs and savings, unanswered lookups, records."""
+        name = st.served.name
+        if len(st.row_ids) == 1:  # stage times are per batch-1 pass
+            ran = ~np.isnan(st.stage_s)
+            ewma = self.stage_s[name]
+            fresh = ran & (ewma == 0)
+            ewma[fresh] = st.stage_s[fresh]
+            old = ran & ~fresh
+            ewma[old] += STAGE_EWMA * (st.stage_s[old] - ewma[old])
+        if st.sent:
+            per_lookup = st.lookup_s / len(st.sent)
+            self.metrics.lookup_cost.labels(name).observe(per_lookup)
+            if self.payoff is not None:
+                costs: dict[str, tuple[int, float]] = {}
+                for p in st.sent:
+                    n, c = costs.get(p.layer, (0, 0.0))
+                    costs[p.layer] = (n + 1, c + per_lookup)
+                self.payoff.account(name, st.version, costs, st.saved_s)
+            unanswered = self.cache.unanswered(st.pending)  # type: ignore[union-attr]
             if unanswered:
-                self.metrics.lookup_unanswered.labels(st.served.name).inc(unanswered)
+                self.metrics.lookup_unanswered.labels(name).inc(unanswered)
         if st.job is not None:
             st.job.lookup_rtt_ms = round_trip_ms(st.sent, time.perf_counter())
 
@@ -263,23 +308,25 @@ class Engine:
         model = st.served.model
         position = {int(st.row_ids[p]): j for j, p in enumerate(st.alive)}
         exiting: dict[int, tuple[int, float, str]] = {}  # index in alive -> label, conf, layer
-        for p in [p for p in st.pending if p.reply is not None]:
+        for p in [p for p in st.pending if p.poll() is not None]:
             st.pending.remove(p)
+            self.cache.note_reply(p, stage)  # type: ignore[union-attr]
             reply = p.reply
-            if reply.error:  # type: ignore[union-attr]
+            if reply.error or not reply.hit.any():  # type: ignore[union-attr]
                 continue
             for row, is_hit, label, conf in zip(
                 p.rows,
-                reply.hit,
-                reply.label,
-                reply.confidence,
-                strict=False,  # type: ignore[union-attr]
+                reply.hit,  # type: ignore[union-attr]
+                reply.label,  # type: ignore[union-attr]
+                reply.confidence,  # type: ignore[union-attr]
+                strict=False,
             ):
                 j = position.get(int(row))
                 if is_hit and j is not None and j not in exiting:
                     exiting[j] = (int(label), float(conf), p.layer)
         if not exiting:
             return None
+        remaining_s = float(self.stage_s[st.served.name][stage + 1 :].sum()) / len(st.alive)
         keep = np.ones(len(st.alive), dtype=bool)
         shadowed: list[tuple[int, int, str, RowRecord | None]] = []
         for j, (label, conf, layer) in sorted(exiting.items()):
@@ -292,6 +339,7 @@ class Engine:
             st.exit_index[r] = model.cut_index(layer)
             st.first_exit = st.first_exit or layer
             st.exits[layer] = st.exits.get(layer, 0) + 1
+            st.saved_s[layer] = st.saved_s.get(layer, 0.0) + remaining_s
             self.metrics.exits.labels(st.served.name, layer).inc()
             record = None
             if st.job is not None:
@@ -334,6 +382,15 @@ class _Pass:
     row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     alive: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     acts: dict[int, list[tuple[str, torch.Tensor]]] = field(default_factory=dict)
+    stage_s: np.ndarray = field(default_factory=lambda: np.empty(0))  # this pass, NaN: not run
+    lookup_s: float = 0.0  # the model's thread's time on lookups (handing over, replies)
+    saved_s: dict[str, float] = field(default_factory=dict)  # layer -> compute its hits saved
+    rows_i32: np.ndarray | None = None  # row ids of st.alive as int32 (None: recompute)
+    replies: int = -1  # the relay's reply count when this pass last looked at its lookups
+
+    @property
+    def rid_bytes(self) -> bytes:
+        return self.request_id.encode()[:MAX_REQUEST_ID_BYTES]
 
     @property
     def version(self) -> int:

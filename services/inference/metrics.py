@@ -8,6 +8,9 @@ from services.common.metrics import LATENCY_BUCKETS
 
 # Fine below 2 ms, where a lookup's round trip lives (gati bench latency reads its p50 here).
 LOOKUP_RTT_BUCKETS = (*(round(i * 1e-4, 4) for i in range(1, 21)), 0.003, 0.005, 0.01, 0.025, 0.1)
+# A lookup's cost on the model's thread lives in tens of microseconds.
+LOOKUP_COST_BUCKETS = tuple(round(i * 1e-5, 5) for i in (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50, 100))
+STAGE_BUCKETS = tuple(float(i) for i in range(11))
 
 
 class InferenceMetrics:
@@ -59,6 +62,51 @@ class InferenceMetrics:
             "gati_cache_lookup_rtt_seconds",
             "send to reply of lookups answered while their request still ran",
             buckets=LOOKUP_RTT_BUCKETS,
+            registry=r,
+        )
+        self.lookup_cost = Histogram(
+            "gati_cache_lookup_cost_seconds",
+            "time the model's thread spent on one lookup: handing it over, polling and "
+            "applying its reply (its critical-path cost)",
+            ["model"],
+            buckets=LOOKUP_COST_BUCKETS,
+            registry=r,
+        )
+        self.lookup_reply_stages = Histogram(
+            "gati_cache_lookup_reply_stages",
+            "stages the model computed between a lookup and the first look at its reply",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.lookups_dropped = Counter(
+            "gati_cache_lookups_dropped",
+            "lookups not handed to the relay (backlog: shared memory full; relay: pipe full "
+            "or relay gone; rows: batch wider than a frame)",
+            ["reason"],
+            registry=r,
+        )
+        self.relay_restarts = Counter(
+            "gati_cache_relay_restarts",
+            "lookup relay processes started again after exiting",
+            registry=r,
+        )
+        self.payoff_disabled = Gauge(
+            "gati_payoff_disabled_layers",
+            "layers switched off because their lookups cost more than their hits saved",
+            ["model"],
+            registry=r,
+        )
+        self.payoff_switched_off = Counter(
+            "gati_payoff_switched_off",
+            "times a layer was switched off for not paying for its lookups",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.layer_net_ms = Gauge(
+            "gati_layer_net_ms_per_lookup",
+            "per lookup at a layer, over its last evaluation window: compute its hits saved "
+            "minus what its lookups cost, in ms",
+            ["model", "layer"],
             registry=r,
         )
         self.lookup_unanswered = Counter(

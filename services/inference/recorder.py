@@ -36,6 +36,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionE
 
 from gati import records
 from gati.probes.reductions import grid, reduce
+from services.common import cpus
 from services.common.kafka import BOOTSTRAP_TIMEOUT_MS, Backoff, ensure_topic, quiet_kafka_logging
 from services.inference.config import InferenceConfig
 from services.inference.engine import RecordJob, RowRecord
@@ -93,6 +94,7 @@ class Recorder:
         *,
         max_inflight: int | None = None,
         limit: int = records.MAX_RECORD_BYTES,
+        background_cpus: str = "",
     ) -> None:
         if not config.kafka_bootstrap:
             raise ValueError("kafka_bootstrap: the recorder needs Kafka bootstrap servers")
@@ -122,6 +124,7 @@ class Recorder:
         self._topic_checked = 0.0
         self._recheck_topic = False
         self._down_logged = False
+        self._background_cpus = background_cpus
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
@@ -146,6 +149,7 @@ class Recorder:
         # few small maps on 2 threads costs 10x more in wake-ups than it saves (measured:
         # 9 cuts of ResNet-20, 5.2 ms on 2 threads, 0.25 ms on 1), and serving needs the cores.
         torch.set_num_threads(1)
+        cpus.to_background(self._background_cpus, "recorder")
         while True:
             with self._cond:
                 self._busy = False

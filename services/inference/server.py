@@ -10,6 +10,7 @@ import torch
 from gati import names
 from gati.api import grpc_service_pb2, grpc_service_pb2_grpc
 from gati.models import load_model
+from services.common import cpus
 from services.common.grpc_server import GrpcServer, build_server
 from services.common.metrics import serve_metrics
 from services.inference.cache_client import CacheClient
@@ -18,6 +19,7 @@ from services.inference.engine import Engine, RecordSink, ServedModel
 from services.inference.exact_cache import ExactCache
 from services.inference.guard import LiveGuard
 from services.inference.metrics import InferenceMetrics
+from services.inference.payoff import PayoffGuard
 from services.inference.servicer import InferenceServicer
 from services.inference.shadow import ShadowRunner
 
@@ -71,8 +73,12 @@ def load_models(config: InferenceConfig) -> dict[str, ServedModel]:
 
 def build(config: InferenceConfig) -> InferenceServer:
     """Load the models and start serving (health SERVING once everything is up)."""
+    # the relay's cores are worked out before pinning narrows what this process may use
+    relay_cpus = config.relay_cpus or (cpus.rest(cpus.parse(config.cpus)) if config.cpus else "")
+    cpus.pin(config.cpus, "inference service")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    log.info("torch intra-op threads: %d", torch.get_num_threads())
     server, handle = build_server(
         config.host,
         config.port,
@@ -91,12 +97,14 @@ def build(config: InferenceConfig) -> InferenceServer:
             metrics,
             config.plan_refresh_seconds,
             config.max_message_bytes,
+            max_rows=config.max_batch,
+            relay_cpus=relay_cpus,
         )
     recorder: RecordSink | None = None
     if config.kafka_bootstrap:
         from services.inference.recorder import Recorder
 
-        recorder = Recorder(config, metrics)
+        recorder = Recorder(config, metrics, background_cpus=relay_cpus)
     guard = LiveGuard(config.agreement_target, metrics)
     record_layers = {
         n: Engine.record_indices(m.model, config.record_layers) for n, m in models.items()
@@ -110,6 +118,7 @@ def build(config: InferenceConfig) -> InferenceServer:
             guard,
             recorder,
             record_layers if recorder is not None else None,
+            background_cpus=relay_cpus,
         )
     engine = Engine(
         models,
@@ -119,6 +128,9 @@ def build(config: InferenceConfig) -> InferenceServer:
         recorder=recorder,
         shadow=shadow,
         guard=guard,
+        payoff=PayoffGuard(metrics, config.payoff_min_lookups, config.payoff_retry_seconds)
+        if config.payoff_min_lookups > 0
+        else None,
         max_batch=config.max_batch,
         caches_enabled=config.caches,
         record_layers=config.record_layers,

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from services.common import cpus
 from services.inference.engine import RecordJob, RecordSink, RowRecord, ServedModel
 from services.inference.guard import LiveGuard
 from services.inference.metrics import InferenceMetrics
@@ -31,10 +32,16 @@ class ShadowRunner:
         guard: LiveGuard | None = None,
         recorder: RecordSink | None = None,
         record_layers: dict[str, frozenset[int]] | None = None,
+        background_cpus: str = "",
     ) -> None:
         self.fraction = fraction
         self._slots = threading.Semaphore(max(inflight, 1))
-        self._pool = ThreadPoolExecutor(max_workers=max(inflight, 1), thread_name_prefix="shadow")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(inflight, 1),
+            thread_name_prefix="shadow",
+            initializer=cpus.to_background,
+            initargs=(background_cpus, "shadow completions"),
+        )
         self._metrics = metrics
         self._guard = guard
         self._recorder = recorder

@@ -65,6 +65,7 @@ class TrainerConfig:
     rtt_ms: float = _f(RTT_MS, "lookup round trip until live requests have measured it")
     send_ms: float = _f(SEND_MS, "latency one active probe adds to a request (optimizer)")
     threads: int = _f(1, "torch threads for fitting (the machine is shared with serving)")
+    cpus: str = _f("", "cores the trainer runs on, kept off the model's core (empty: any)")
     nice: int = _f(10, "niceness added at start, so serving on shared cores goes first (0: none)")
     # --- Kafka ---
     session_timeout_ms: int = _f(6000, "Kafka group session timeout (Tansu joins in ~half)")

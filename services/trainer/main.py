@@ -6,6 +6,7 @@ import argparse
 import os
 
 from gati import config as cfg
+from services.common import cpus
 from services.trainer.config import TrainerConfig
 
 
@@ -19,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     config = cfg.load(TrainerConfig, args)
     if config.nice:
         os.nice(config.nice)  # fitting is background work: serving on shared cores goes first
+    cpus.pin(config.cpus, "trainer")
     server = build(config)
     print(f"gati trainer listening on {config.host}:{server.port} (health only)", flush=True)
     server.handle.wait_for_signal(0.0)

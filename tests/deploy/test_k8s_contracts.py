@@ -303,18 +303,18 @@ def test_termination_grace_exceeds_the_drain(overlay: Path) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_cache_threads_outnumber_lookup_streams(overlay: Path) -> None:
-    """Every inference pod holds one lookup stream, and with it one of the cache's gRPC
-    threads; connections are balanced per connection, so all may land on one cache pod.
-    Leave a few threads for plan calls and health checks."""
+def test_cache_admits_every_lookup_stream(overlay: Path) -> None:
+    """Every inference pod holds one lookup stream; connections are balanced per connection,
+    so all may land on one cache pod. Its stream cap (RESOURCE_EXHAUSTED beyond it) must admit
+    them all; health and plan calls never wait on streams (the service is asyncio)."""
     objs = objs_of(overlay)
     hpa = k8s.find(objs, "HorizontalPodAutoscaler", "gati-inference")
     for w, _, c, service in gati_containers(objs):
         if service != "cache":
             continue
         streams = 1 if k8s.is_sidecar(c) else hpa["spec"]["maxReplicas"]
-        workers = effective_config(c, service, objs).workers
-        assert workers >= streams + 4, f"{overlay.name} {k8s.describe(w)}: {workers} workers"
+        cap = effective_config(c, service, objs).max_streams
+        assert cap >= streams, f"{overlay.name} {k8s.describe(w)}: max_streams {cap}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -367,6 +367,19 @@ def test_torch_threads_fit_the_cpu_limit(overlay: Path) -> None:
         threads = int(env.get("GATI_THREADS") or env.get("OMP_NUM_THREADS") or 0)
         limit = _cpu(c["resources"]["limits"]["cpu"])
         assert 1 <= threads <= math.ceil(limit), f"{overlay.name} {k8s.describe(w)} {c['name']}"
+
+
+@pytest.mark.parametrize("overlay", ("prod", "sidecar"))
+def test_inference_requests_a_core_beyond_its_torch_threads(overlay: str) -> None:
+    """Outside dev, the model's threads get whole cores and the lookup relay and gRPC threads
+    one more, so none of them preempts the model (docs/serving.md, "Threads and cores")."""
+    objs = objs_of(k8s.K8S / "overlays" / overlay)
+    for w, _, c, service in gati_containers(objs):
+        if service != "inference":
+            continue
+        threads = int(k8s.resolve_env(c, objs, SECRETS).get("GATI_THREADS") or 0)
+        request = _cpu(c["resources"]["requests"]["cpu"])
+        assert threads == 1 and request >= threads + 1, f"{overlay} {k8s.describe(w)}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)

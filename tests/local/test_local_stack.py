@@ -156,6 +156,21 @@ def test_up_serves_then_down_leaves_nothing(
         assert Path(record.log).is_file() and Path(record.log).parent == run_dir / "logs"
     assert stat.S_IMODE((run_dir / "state.json").stat().st_mode) == 0o600
 
+    # Cores as `gati up` places them: the model alone on the first, one torch thread (the
+    # default), the other services on the rest, the trainer niced.
+    cores = sorted(psutil.Process().cpu_affinity())
+    procs = {r.name: psutil.Process(r.pid) for r in state.processes}
+    if len(cores) >= 2:
+        assert procs["inference"].cpu_affinity() == cores[:1]
+        assert procs["cache"].cpu_affinity() == cores[1:]
+        assert procs["trainer"].cpu_affinity() == cores[1:]
+    assert procs["trainer"].nice() >= 10
+    log = Path(state.get("inference").log)
+    deadline = time.monotonic() + 10
+    while "torch intra-op threads: 1" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+
     # The private Redis asks for its generated password, which no command line shows.
     password = state.redis_password
     assert password and len(password) >= 24

@@ -21,8 +21,8 @@ def test_measured_rtt_is_the_mean_once_there_are_enough() -> None:
 
 
 def test_round_trip_counts_unanswered_lookups_with_their_wait() -> None:
-    answered = PendingLookup(1, "m", "l", 0, np.zeros(1, np.int32))
-    waiting = PendingLookup(2, "m", "l", 1, np.zeros(1, np.int32))
+    answered = PendingLookup(None, 1, "m", "l", 0, np.zeros(1, np.int32))  # type: ignore[arg-type]
+    waiting = PendingLookup(None, 2, "m", "l", 1, np.zeros(1, np.int32))  # type: ignore[arg-type]
     answered.sent_at, answered.replied_at = 10.0, 10.0004
     waiting.sent_at = 10.0
     assert abs(round_trip_ms([answered, waiting], now=10.002) - 1.2) < 1e-9
