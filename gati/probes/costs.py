@@ -71,9 +71,17 @@ class CostModel:
         """Critical-path cost of one lookup, paid by every request reaching it."""
         return lookup_ms if self.mode == "local" else self.send_ms
 
-    def hit_delay(self, lookup_ms: float) -> float:
-        """From the end of the lookup's overhead to the answer, on a hit."""
-        return 0.0 if self.mode == "local" else self.rtt_ms + lookup_ms
+    def hit_delay(self, layer: str, lookup_ms: float) -> float:
+        """From the cut to the answer, on a hit. Remote: the engine looks at replies between
+        stages, so a hit answers at the end of the first stage that finishes once the reply is
+        back (rtt + the probe's compute after the cut), or when the whole model would have."""
+        if self.mode == "local":
+            return 0.0
+        t = self.time_to_cut(layer)
+        ends = np.cumsum(self.stage_ms)
+        i = int(np.searchsorted(ends, t + self.rtt_ms + lookup_ms - 1e-12))
+        answered = float(ends[i]) if i < len(ends) - 1 else self.full_ms
+        return answered - t
 
     def latencies(
         self, layers: Sequence[str], lookup_ms: Sequence[float], exit_pos: np.ndarray
@@ -84,7 +92,10 @@ class CostModel:
         miss = self.full_ms + (cum_over[-1] if len(over) else 0.0)
         exit_ms = np.array(
             [
-                min(self.time_to_cut(layer) + cum_over[i] + self.hit_delay(lookup_ms[i]), miss)
+                min(
+                    self.time_to_cut(layer) + cum_over[i] + self.hit_delay(layer, lookup_ms[i]),
+                    miss,
+                )
                 for i, layer in enumerate(layers)
             ],
             dtype=np.float64,
@@ -100,8 +111,9 @@ class CostModel:
         d["assumes"] = (
             "in-process lookups, serial: each lookup's compute time is on the critical path"
             if self.mode == "local"
-            else f"remote lookups overlapped with compute: {self.send_ms} ms per send on the "
-            f"critical path, a hit answers {self.rtt_ms} ms + probe compute after its cut"
+            else f"remote lookups overlapped with compute: {self.send_ms} ms per lookup on the "
+            f"critical path, a hit answers at the first stage end {self.rtt_ms} ms + probe "
+            "compute after its cut"
         )
         return d
 

@@ -37,7 +37,7 @@ def as_candidate(c: ProbeCandidate, cost: CostModel) -> Candidate:
         cost.time_to_cut(c.layer),
         c.coverage,
         cost.overhead(c.lookup_ms),
-        cost.hit_delay(c.lookup_ms),
+        cost.hit_delay(c.layer, c.lookup_ms),
         mem,
     )
 

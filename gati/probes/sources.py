@@ -77,8 +77,9 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lookup",
         choices=("local", "remote"),
-        default="local",
-        help="cost model: in-process serial lookups, or remote overlapped ones",
+        default="remote",
+        help="cost model: lookups on the cache service, overlapped with compute, as served "
+        "(default), or in-process serial ones",
     )
     parser.add_argument(
         "--rtt-ms", type=float, default=DEFAULT_RTT_MS, help="remote lookup round trip"
