@@ -1,9 +1,18 @@
-"""`gati bench latency`: one inference service, learned caches off vs on, per workload.
+"""`gati bench latency`: gati against a separate plain server, end to end, per workload.
 
-The same stream of requests is sent with `gati.caches=false` and then `true` to one
-inference service (with its cache service and Redis in their own processes), by C
-closed-loop clients. Agreement is measured against the base model's own answer for every
-request (computed in-process beforehand), top-1 against the ground truth.
+Three targets answer the same stream, request by request, from the stock tritonclient
+(gati/bench/triton_load.py; whoever goes first rotates): `plain`, a separate
+`gati serve inference` with caches, records and the exact cache off at its best setting (its
+defaults); `gati`, the inference service of a stack with its cache service and Redis, caches on;
+and `off`, the same stack's service with `gati.caches=false` (the second column: what the
+machinery costs when nothing is looked up). Cores are placed as `gati up` places them.
+
+Also measured in the same run: a bare gRPC bidi ping-pong between two processes (the floor of a
+lookup's reply delay), the inference service's own figures of each lookup (critical-path cost on
+the model's thread, reply delay in ms and in stages, from its Prometheus histograms), and per
+exit cut the mean latency of hits beside the compute floor of that cut (the in-process forward
+to the cut plus one probe, measured here). Agreement is against the base model's own answer,
+computed in-process beforehand; top-1 against the ground truth.
 """
 
 from __future__ import annotations
@@ -11,22 +20,34 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-import grpc
 import numpy as np
 import torch
 
 from gati.bench.common import environment, summarize, table, write_json
-from gati.bench.load import Run, closed_loop
-from gati.bench.stack import Stack, fit_bundle_cli, local_stack, publish, wait_for_bundle
+from gati.bench.stack import (
+    Stack,
+    fit_bundle_cli,
+    local_stack,
+    plain_server,
+    publish,
+    wait_for_bundle,
+)
 from gati.data import load_dataset
+from gati.local.processes import free_port, wait_for_port
 from gati.models import load_model
+from gati.probes.costs import measure_stage_ms
 from gati.workloads import make_stream
-from services.inference.metrics import LOOKUP_RTT_BUCKETS
+from services.cache import rtt
+from services.inference.metrics import LOOKUP_COST_BUCKETS, LOOKUP_RTT_BUCKETS, STAGE_BUCKETS
 
 MODEL = "bench"
+TARGETS = ("plain", "gati", "off")
+WINDOW = 1000  # agreement is also judged per window of this many requests
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,13 +59,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-stop", type=int, default=5000, help="images used to fit (stop)")
     parser.add_argument("--start", type=int, default=5000, help="images measured (start)")
     parser.add_argument("--stop", type=int, default=10000, help="images measured (stop)")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per pass")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per workload")
     parser.add_argument("--workloads", default="uniform,class-locality,instance-locality")
-    parser.add_argument("--concurrency", default="1,4", help="closed-loop clients, e.g. 1,4")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per service")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--report", help="write a Markdown report here")
     parser.add_argument("--log-dir", help="keep service logs here")
+
+
+# --- histograms scraped from the inference service ---------------------------------------------
+
+HISTOGRAMS = {
+    "lookup_cost_ms": ("gati_cache_lookup_cost_seconds_bucket", LOOKUP_COST_BUCKETS, 1e3),
+    "reply_ms": ("gati_cache_lookup_rtt_seconds_bucket", LOOKUP_RTT_BUCKETS, 1e3),
+    "reply_stages": ("gati_cache_lookup_reply_stages_bucket", STAGE_BUCKETS, 1.0),
+}
+
+
+def scrape(stack: Stack) -> dict[str, np.ndarray]:
+    """Cumulative bucket counts of each histogram in HISTOGRAMS, summed over labels."""
+    out = {}
+    for key, (name, bounds, _) in HISTOGRAMS.items():
+        counts = dict.fromkeys(map(_le, (*bounds, math.inf)), 0.0)
+        for labels, value in stack.samples("inference", name):
+            if labels.get("le") in counts:
+                counts[labels["le"]] += value
+        out[key] = np.array(list(counts.values()))
+    return out
+
+
+def quantiles(bounds: tuple[float, ...], before: np.ndarray, after: np.ndarray) -> dict:
+    """p50 and p99 (linear within a bucket) and count of the observations between scrapes."""
+    counts = after - before
+    n = float(counts[-1])
+    if n == 0:
+        return {"n": 0, "p50": None, "p99": None}
+    edges = (*bounds, math.inf)
+    out: dict = {"n": int(n)}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        i = int(np.searchsorted(counts, q * n))
+        lo, lo_count = (edges[i - 1], counts[i - 1]) if i else (0.0, 0.0)
+        hi = edges[i]
+        frac = (q * n - lo_count) / max(counts[i] - lo_count, 1.0)
+        out[name] = lo + frac * (hi - lo) if hi != math.inf else lo
+    return out
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+def lookup_figures(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for key, (_, bounds, scale) in HISTOGRAMS.items():
+        q = quantiles(bounds, before[key], after[key])
+        out[key] = {
+            "n": q["n"],
+            **{p: (q[p] * scale if q[p] is not None else None) for p in ("p50", "p99")},
+        }
+    return out
+
+
+# --- in-process references ---------------------------------------------------------------------
 
 
 def base_labels(arch: str, weights: str, images: np.ndarray) -> np.ndarray:
@@ -56,61 +132,107 @@ def base_labels(arch: str, weights: str, images: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def empty_plan_overhead(channel: grpc.Channel, images: np.ndarray) -> dict:
-    """Caches on with no probe active (before any bundle) against caches off: what the
-    machinery alone costs a request. Two alternating rounds, so drifting load hits both."""
-    half = max(1, len(images) // 2)
-    runs: dict[bool, list[np.ndarray]] = {False: [], True: []}
-    for part in (images[:half], images[half:]):
-        for caches in (False, True):
-            label = f"no probes, caches {'on' if caches else 'off'}"
-            runs[caches].append(closed_loop(channel, MODEL, part, 1, caches, label).latency_s)
-    off, on = np.concatenate(runs[False]), np.concatenate(runs[True])
-    return {
-        "caches_off": summarize(off),
-        "caches_on": summarize(on),
-        "overhead_mean": float(on.mean() / off.mean()),
-        "overhead_p50": float(np.median(on) / np.median(off)),
+def compute_floors(arch: str, weights: str, manifest: dict) -> dict[str, float]:
+    """Per active cut: in-process batch-1 forward to the cut plus its probe's own cost (ms),
+    one torch thread as the services run. The least a hit there could take end to end."""
+    torch.set_num_threads(1)
+    model = load_model(arch, weights)
+    stage_ms = measure_stage_ms(model, reps=30)
+    probe_ms = {
+        (c["layer"], c["variant"]): c["lookup_ms"]
+        for c in manifest.get("fit", {}).get("candidates", [])
     }
+    floors = {}
+    for entry in manifest.get("layers", []):
+        cut = model.cut_names.index(entry["layer"])
+        probe = probe_ms.get((entry["layer"], entry.get("variant")), 0.0)
+        floors[entry["layer"]] = float(sum(stage_ms[: cut + 1]) + probe)
+    return floors
 
 
-def rtt_buckets(stack: Stack) -> np.ndarray:
-    """Cumulative counts of the inference service's lookup round-trip histogram."""
-    counts = dict.fromkeys(map(_le, RTT_BOUNDS), 0.0)
-    for labels, value in stack.samples("inference", "gati_cache_lookup_rtt_seconds_bucket"):
-        if labels.get("le") in counts:
-            counts[labels["le"]] += value
-    return np.array(list(counts.values()))
-
-
-def rtt_summary(before: np.ndarray, after: np.ndarray) -> dict:
-    """p50 (linear within the bucket) and count of the round trips between two scrapes."""
-    counts = after - before
-    n = float(counts[-1])
-    if n == 0:
-        return {"n": 0, "p50_ms": None}
-    i = int(np.searchsorted(counts, n / 2))
-    lo, lo_count = (RTT_BOUNDS[i - 1], counts[i - 1]) if i else (0.0, 0.0)
-    hi = RTT_BOUNDS[i]
-    frac = (n / 2 - lo_count) / max(counts[i] - lo_count, 1.0)
-    return {"n": int(n), "p50_ms": 1e3 * (lo + frac * (hi - lo)) if hi != math.inf else None}
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(float(bound))
-
-
-RTT_BOUNDS = (*LOOKUP_RTT_BUCKETS, math.inf)
-
-
-def _side(run: Run, truth: np.ndarray, base: np.ndarray | None) -> dict:
-    side = summarize(run.latency_s)
-    side.update(
-        throughput_rps=run.throughput(), top1=float((run.labels == truth).mean()), errors=run.errors
+def pingpong(requests: int = 1000) -> dict:
+    """p50/p99 of a bare gRPC bidi ping-pong with a lookup's message shape, between processes."""
+    port = free_port()
+    echo = subprocess.Popen(
+        [sys.executable, "-c", f"from services.cache import rtt; rtt.serve_echo({port})"]
     )
-    if base is not None:
-        side.update(hit_rate=float(run.hit.mean()), agreement=float((run.labels == base).mean()))
-    return side
+    try:
+        wait_for_port("127.0.0.1", port, 60, echo)
+        ms = rtt.measure(f"127.0.0.1:{port}", "layer2.1", requests) * 1e3
+    finally:
+        echo.kill()
+        echo.wait()
+    return {"n": len(ms), "p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99))}
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+def serve_stream(
+    images: np.ndarray, plain_port: int, stack: Stack, work: Path, desc: str
+) -> dict[str, np.ndarray]:
+    """Send `images` to the three targets with the stock tritonclient in its own process."""
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "images.npz", x=images)
+    gati = f"127.0.0.1:{stack.inference_port}"
+    spec = {
+        "images": str(work / "images.npz"),
+        "model": MODEL,
+        "out": str(work / "served.npz"),
+        "desc": desc,
+        "targets": {
+            "plain": {"url": f"127.0.0.1:{plain_port}", "caches": False},
+            "gati": {"url": gati, "caches": True},
+            "off": {"url": gati, "caches": False},
+        },
+    }
+    argv = [sys.executable, "-m", "gati.bench.triton_load", json.dumps(spec)]
+    subprocess.run(argv, check=True, timeout=3600)
+    with np.load(work / "served.npz", allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def judge(
+    served: dict[str, np.ndarray],
+    base: np.ndarray,
+    truth: np.ndarray,
+    floors: dict[str, float],
+) -> dict:
+    """The figures of one workload from what the client saw."""
+    lat = {t: served[f"{t}/latency_s"] * 1e3 for t in TARGETS}
+    hit = served["gati/hit"]
+    labels = served["gati/label"]
+    agree = labels == base
+    windows = [float(agree[i : i + WINDOW].mean()) for i in range(0, len(agree), WINDOW)]
+    per_cut = {}
+    exits = served["gati/exit_layer"].astype(str)
+    order = {cut: i for i, cut in enumerate(floors)}
+    for cut in sorted({e for e in exits[hit] if e}, key=lambda c: order.get(c, len(order))):
+        m = hit & (exits == cut)
+        per_cut[cut] = {
+            "hits": int(m.sum()),
+            "mean_ms": float(lat["gati"][m].mean()),
+            "plain_ms": float(lat["plain"][m].mean()),
+            "floor_ms": floors.get(cut),
+        }
+    miss = ~hit
+    return {
+        **{t: summarize(lat[t] / 1e3) for t in TARGETS},
+        "errors": {t: int(served[f"{t}/error"].sum()) for t in TARGETS},
+        "speedup_mean": float(lat["plain"].mean() / lat["gati"].mean()),
+        "speedup_p50": float(np.median(lat["plain"]) / np.median(lat["gati"])),
+        "speedup_vs_off": float(lat["off"].mean() / lat["gati"].mean()),
+        "off_vs_plain": float(lat["plain"].mean() / lat["off"].mean()),
+        "miss_ratio": float(lat["gati"][miss].mean() / lat["plain"][miss].mean())
+        if miss.any()
+        else None,
+        "hit_rate": float(hit.mean()),
+        "agreement": float(agree.mean()),
+        "agreement_min_window": min(windows),
+        "top1_plain": float((served["plain/label"] == truth).mean()),
+        "top1_gati": float((labels == truth).mean()),
+        "per_cut": per_cut,
+    }
 
 
 def measure(args: argparse.Namespace, logs: Path) -> dict:
@@ -127,69 +249,116 @@ def measure(args: argparse.Namespace, logs: Path) -> dict:
             logs / "bundle",
             "--model-id",
             MODEL,
-            *(("--threads", str(args.threads)) if args.threads else ()),
         )
     )
-    threads = ("--threads", str(args.threads)) if args.threads else ()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    floors = compute_floors(args.arch, args.weights, manifest)
     results = []
-    with local_stack(
-        logs,
-        MODEL,
-        args.arch,
-        args.weights,
-        inference_args=("--exact-cache-entries", "0", *threads),
-    ) as stack:
-        with stack.channel() as channel:
-            empty = empty_plan_overhead(channel, x[: args.requests])
+    with (
+        local_stack(
+            logs / "stack",
+            MODEL,
+            args.arch,
+            args.weights,
+            inference_args=("--exact-cache-entries", "0"),
+        ) as stack,
+        plain_server(logs / "plain", MODEL, args.arch, args.weights) as plain_port,
+    ):
+        bare = pingpong()
         version = publish(bundle, stack.redis_url, MODEL)  # type: ignore[arg-type]
         delay = wait_for_bundle(stack, MODEL, x[0], version)
-        probes = len(json.loads((bundle / "manifest.json").read_text()).get("layers", []))
-        with stack.channel() as channel:
-            for name in args.workloads.split(","):
-                stream = make_stream(name, x, y, args.requests, seed=args.seed)
-                truth = y[stream.source]
-                base = base_labels(args.arch, args.weights, stream.images)
-                for conc in (int(c) for c in args.concurrency.split(",")):
-                    off = closed_loop(
-                        channel, MODEL, stream.images, conc, False, f"{name} c={conc} caches off"
-                    )
-                    before = rtt_buckets(stack)
-                    on = closed_loop(
-                        channel, MODEL, stream.images, conc, True, f"{name} c={conc} caches on"
-                    )
-                    rtt = rtt_summary(before, rtt_buckets(stack))
-                    missed = ~on.hit
-                    miss_ms = (on.latency_s[missed].mean() - off.latency_s[missed].mean()) * 1e3
-                    results.append(
-                        {
-                            "workload": name,
-                            "concurrency": conc,
-                            "caches_off": _side(off, truth, None),
-                            "caches_on": _side(on, truth, base),
-                            "speedup_mean": float(off.latency_s.mean() / on.latency_s.mean()),
-                            "speedup_p50": float(
-                                np.median(off.latency_s) / np.median(on.latency_s)
-                            ),
-                            "miss_overhead": float(
-                                on.latency_s[missed].mean() / off.latency_s[missed].mean()
-                            )
-                            if missed.any()
-                            else None,
-                            "miss_ms_per_probe": float(miss_ms / probes)
-                            if missed.any() and probes
-                            else None,
-                            "lookup_rtt": rtt,
-                        }
-                    )
+        for name in args.workloads.split(","):
+            stream = make_stream(name, x, y, args.requests, seed=args.seed)
+            base = base_labels(args.arch, args.weights, stream.images)
+            before = scrape(stack)
+            served = serve_stream(stream.images, plain_port, stack, logs / name, name)
+            figures = judge(served, base, y[stream.source], floors)
+            figures["lookups"] = lookup_figures(before, scrape(stack))
+            figures["workload"] = name
+            results.append(figures)
+        payoff_off = stack.metric("inference", "gati_payoff_switched_off_total")
+    fit = manifest.get("fit", {})
     return {
         "bundle": str(bundle),
         "bundle_in_use_after_s": delay,
-        "active_probes": probes,
-        "empty_plan": empty,
+        "active_probes": [e["layer"] for e in manifest.get("layers", [])],
+        "expected_speedup": fit.get("speedup_calibration"),
+        "cost_model": fit.get("cost_model"),
+        "compute_floor_ms": floors,
+        "pingpong_ms": bare,
+        "payoff_switched_off": payoff_off,
         "results": results,
         "arch": args.arch,
         "environment": environment(),
     }
+
+
+def _fmt(v: object, spec: str = "{:.3f}") -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def summary_table(report: dict) -> str:
+    rows = []
+    for r in report["results"]:
+        lk = r["lookups"]
+        rows.append(
+            [
+                r["workload"],
+                r["plain"]["mean_ms"],
+                r["gati"]["mean_ms"],
+                r["off"]["mean_ms"],
+                r["speedup_mean"],
+                r["speedup_vs_off"],
+                r["hit_rate"],
+                r["agreement"],
+                r["agreement_min_window"],
+                _fmt(r["miss_ratio"]),
+                _fmt(lk["lookup_cost_ms"]["p50"]),
+                _fmt(lk["reply_ms"]["p50"]),
+                _fmt(lk["reply_ms"]["p99"]),
+                _fmt(lk["reply_stages"]["p50"], "{:.1f}"),
+            ]
+        )
+    headers = [
+        "workload", "plain ms", "gati ms", "off ms", "x plain", "x off", "hits", "agree",
+        "agree min", "miss/plain", "cost p50", "reply p50", "reply p99", "stages p50",
+    ]  # fmt: skip
+    return table(headers, rows)
+
+
+def cut_table(report: dict) -> str:
+    rows = [
+        [r["workload"], cut, c["hits"], c["mean_ms"], c["plain_ms"], _fmt(c["floor_ms"])]
+        for r in report["results"]
+        for cut, c in r["per_cut"].items()
+    ]
+    return table(["workload", "exit cut", "hits", "hit ms", "plain ms", "floor ms"], rows)
+
+
+def legend(report: dict) -> str:
+    bare = report["pingpong_ms"]
+    return (
+        f"expected speedup (the bundle's fit): {_fmt(report['expected_speedup'], '{:.2f}x')}; "
+        f"active cuts: {', '.join(report['active_probes']) or 'none'}; bare gRPC ping-pong "
+        f"p50 {bare['p50']:.3f} ms, p99 {bare['p99']:.3f} ms.\n"
+        "x plain: plain server's mean over gati's; x off: the same stack with caches off over "
+        "caches on; miss/plain: requests no probe answered, gati over plain; cost: time a lookup "
+        "takes on the model's thread (ms); reply: from the send until the reply was usable (ms, "
+        "and in stages computed meanwhile); floor: in-process forward to the cut plus one probe."
+    )
+
+
+def markdown(report: dict) -> str:
+    return "\n\n".join(
+        [
+            f"# gati bench latency: {report['arch']}",
+            "```\n" + summary_table(report) + "\n```",
+            "```\n" + cut_table(report) + "\n```",
+            legend(report),
+            f"Measured {report['environment']['time']} at commit "
+            f"{report['environment']['commit'][:12]}.",
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,53 +367,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory() as logs:
             report = measure(args, Path(logs))
-    rows = []
-    for r in report["results"]:
-        off, on = r["caches_off"], r["caches_on"]
-        rows.append(
-            [
-                r["workload"],
-                r["concurrency"],
-                off["mean_ms"],
-                on["mean_ms"],
-                r["speedup_mean"],
-                r["speedup_p50"],
-                on["hit_rate"],
-                on["agreement"],
-                off["top1"],
-                on["top1"],
-                r["miss_overhead"] if r["miss_overhead"] is not None else "-",
-                r["miss_ms_per_probe"] if r["miss_ms_per_probe"] is not None else "-",
-                r["lookup_rtt"]["p50_ms"] if r["lookup_rtt"]["p50_ms"] is not None else "-",
-            ]
-        )
-    print(
-        table(
-            [
-                "workload",
-                "conc",
-                "off ms",
-                "on ms",
-                "x mean",
-                "x p50",
-                "hit rate",
-                "agreement",
-                "top1 off",
-                "top1 on",
-                "miss ovh",
-                "ms/probe",
-                "rtt p50",
-            ],
-            rows,
-        )
-    )
-    empty = report["empty_plan"]
-    print(
-        f"no probes active, caches on vs off: {empty['overhead_mean']:.3f}x mean, "
-        f"{empty['overhead_p50']:.3f}x p50; active probes in the bundle: "
-        f"{report['active_probes']}; miss ovh: latency of requests no probe answered, on/off; "
-        "ms/probe: what each active probe added to them; rtt p50: lookup round trip seen by "
-        "the request path"
-    )
+    print(summary_table(report))
+    print()
+    print(cut_table(report))
+    print(legend(report))
     write_json(args.json, report)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(markdown(report) + "\n")
     return 0

@@ -32,6 +32,7 @@ from gati.local.processes import (
 )
 from gati.probes.bundle import Bundle
 from gati.store import BundleStore
+from services.common import cpus
 
 
 @dataclass
@@ -150,8 +151,12 @@ def local_stack(
     inference_args: tuple[str, ...] = (),
     trainer_args: tuple[str, ...] = (),
     cache_args: tuple[str, ...] = (),
+    pin: bool = True,
 ) -> Iterator[Stack]:
-    """Start what is asked for, healthy, in separate processes; stop it all on exit."""
+    """Start what is asked for, healthy, in separate processes; stop it all on exit.
+
+    With `pin`, cores are placed as `gati up` places them (services/common/cpus.py)."""
+    model_cpus, other_cpus = cpus.one_machine_layout() if pin else ("", "")
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, ManagedProcess] = {}
     metrics_ports: dict[str, int] = {}
@@ -177,6 +182,8 @@ def local_stack(
                 names.HEALTH_CACHE,
                 "--redis-url",
                 redis_url,
+                "--cpus",
+                other_cpus,
                 *cache_args,
                 metrics_ports=metrics_ports,
             )
@@ -197,10 +204,12 @@ def local_stack(
                 arch,
                 "--weights",
                 weights,
+                "--cpus",
+                other_cpus,
                 *trainer_args,
                 metrics_ports=metrics_ports,
             )
-        extra = list(inference_args)
+        extra = ["--cpus", model_cpus, *inference_args]
         if cache:
             extra += ["--cache-address", f"127.0.0.1:{cache_port}"]
         if bootstrap:
@@ -224,6 +233,29 @@ def local_stack(
         yield Stack(inference_port, cache_port, redis_url, bootstrap, procs, log_dir, metrics_ports)
 
 
+@contextmanager
+def plain_server(log_dir: Path, model: str, arch: str, weights: str) -> Iterator[int]:
+    """The baseline: a separate `gati serve inference` with caches, records and the exact
+    cache off, at its best setting (its defaults: one torch thread, on the model's core as
+    the stack's inference service is). Yields its gRPC port."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    model_cpus, _ = cpus.one_machine_layout()
+    with ExitStack() as stop:
+        port = free_port()
+        _service(
+            stop,
+            log_dir,
+            "plain",
+            port,
+            names.HEALTH_INFERENCE,
+            "--model", model, "--arch", arch, "--weights", weights,
+            "--exact-cache-entries", "0", "--cpus", model_cpus,
+            metrics_ports={},
+            kind_command="inference",
+        )  # fmt: skip
+        yield port
+
+
 def _service(
     stop: ExitStack,
     log_dir: Path,
@@ -232,13 +264,14 @@ def _service(
     health: str,
     *args: str | None,
     metrics_ports: dict[str, int],
+    kind_command: str | None = None,
 ) -> ManagedProcess:
     metrics_ports[kind] = free_port()
     proc = ManagedProcess(
         kind,
         gati_argv(
             "serve",
-            kind,
+            kind_command or kind,
             "--port",
             str(port),
             "--metrics-port",
