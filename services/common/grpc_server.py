@@ -53,16 +53,21 @@ class GrpcServer:
 
     def wait_for_signal(self, grace: float) -> None:
         """Block until SIGTERM or SIGINT, then drain (main thread only)."""
-        done = threading.Event()
-
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("signal %d: draining for up to %.1fs", signum, grace)
-            done.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        done.wait()
+        wait_for_signal(grace)
         self.stop(grace)
+
+
+def wait_for_signal(grace: float) -> None:
+    """Block until SIGTERM or SIGINT (main thread only); logs the drain that follows."""
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining for up to %.1fs", signum, grace)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    done.wait()
 
 
 def build_server(
@@ -174,13 +179,5 @@ class AioGrpcServer:
 
     def wait_for_signal(self, grace: float) -> None:
         """Block until SIGTERM or SIGINT, then drain (main thread only)."""
-        done = threading.Event()
-
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("signal %d: draining for up to %.1fs", signum, grace)
-            done.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        done.wait()
+        wait_for_signal(grace)
         self.stop(grace)
