@@ -26,7 +26,7 @@ COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
     ("probes", "publish"): ("gati.commands.probes_publish", "publish a bundle to Redis"),
     ("probes", "rollback"): ("gati.commands.probes_rollback", "point Redis at an earlier version"),
     ("bench", "accuracy"): ("gati.bench.accuracy", "top-1 through gRPC on a dataset"),
-    ("bench", "latency"): ("gati.bench.latency", "latency with caches off vs on, per workload"),
+    ("bench", "latency"): ("gati.bench.latency", "gati vs a separate plain server, per workload"),
     ("bench", "rtt"): ("services.cache.rtt", "cache lookup round trip vs a bare gRPC ping-pong"),
     ("bench", "report"): ("gati.bench.report", "the full comparison report with plots"),
     (None, "up"): ("gati.local.up", "start broker, Redis and the three services locally"),
