@@ -48,6 +48,7 @@ from services.inference.metrics import LOOKUP_COST_BUCKETS, LOOKUP_RTT_BUCKETS, 
 MODEL = "bench"
 TARGETS = ("plain", "gati", "off")
 WINDOW = 1000  # agreement is also judged per window of this many requests
+FULL_MODEL = "full model"  # compute_floors' entry for the whole forward pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +135,9 @@ def base_labels(arch: str, weights: str, images: np.ndarray) -> np.ndarray:
 
 def compute_floors(arch: str, weights: str, manifest: dict) -> dict[str, float]:
     """Per active cut: in-process batch-1 forward to the cut plus its probe's own cost (ms),
-    one torch thread as the services run. The least a hit there could take end to end."""
+    one torch thread as the services run. The least a hit there could take end to end. Also
+    FULL_MODEL: the whole forward pass measured alike (this machine's speed drifts: read the
+    floors against it, not against a figure taken at another time)."""
     torch.set_num_threads(1)
     model = load_model(arch, weights)
     stage_ms = measure_stage_ms(model, reps=30)
@@ -147,6 +150,7 @@ def compute_floors(arch: str, weights: str, manifest: dict) -> dict[str, float]:
         cut = model.cut_names.index(entry["layer"])
         probe = probe_ms.get((entry["layer"], entry.get("variant")), 0.0)
         floors[entry["layer"]] = float(sum(stage_ms[: cut + 1]) + probe)
+    floors[FULL_MODEL] = float(sum(stage_ms))
     return floors
 
 
@@ -339,7 +343,8 @@ def legend(report: dict) -> str:
     bare = report["pingpong_ms"]
     return (
         f"expected speedup (the bundle's fit): {_fmt(report['expected_speedup'], '{:.2f}x')}; "
-        f"active cuts: {', '.join(report['active_probes']) or 'none'}; bare gRPC ping-pong "
+        f"active cuts: {', '.join(report['active_probes']) or 'none'}; in-process forward "
+        f"{report['compute_floor_ms'][FULL_MODEL]:.2f} ms; bare gRPC ping-pong "
         f"p50 {bare['p50']:.3f} ms, p99 {bare['p99']:.3f} ms.\n"
         "x plain: plain server's mean over gati's; x off: the same stack with caches off over "
         "caches on; miss/plain: requests no probe answered, gati over plain; cost: time a lookup "

@@ -200,6 +200,8 @@ class Engine:
         record_cuts = self._record_cuts[st.served.name] if st.job is not None else frozenset()
         st.row_ids = row_ids
         st.alive = np.arange(len(row_ids))  # positions (into row_ids) still computing
+        if active:  # replies counted before this pass began cannot be this pass's
+            st.replies = self.cache.replies()  # type: ignore[union-attr]
         st.acts = {int(p): [] for p in st.alive}
         st.stage_s = np.full(model.num_stages, np.nan)
         clock = time.perf_counter

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gati.bench.latency import TARGETS, judge, quantiles
+from gati.bench.latency import FULL_MODEL, TARGETS, judge, quantiles
 from gati.local.processes import gati_argv
 from services.inference.metrics import LOOKUP_RTT_BUCKETS
 
@@ -36,6 +36,8 @@ def test_latency_bench_end_to_end(tmp_path: Path, assets: Path, resnet20_weights
 
     figures = json.loads(out.read_text())
     assert figures["pingpong_ms"]["n"] == 1000 and figures["pingpong_ms"]["p50"] > 0
+    floors = figures["compute_floor_ms"]
+    assert set(floors) == {*figures["active_probes"], FULL_MODEL} and floors[FULL_MODEL] > 0
     assert [r["workload"] for r in figures["results"]] == ["uniform", "instance-locality"]
     for r in figures["results"]:
         for target in TARGETS:
