@@ -68,3 +68,7 @@ BUNDLE_CHANNEL = "gati:bundles"  # pub/sub: JSON {"model": str, "version": int} 
 
 # --- environment variables ------------------------------------------------------------------
 ENV_PREFIX = "GATI_"  # every setting of a service reads GATI_<FIELD> (see services/*/config.py)
+
+# Longest request id (UTF-8 bytes) a cache lookup may carry: ids only correlate logs and the
+# cache service's per-row state, and a bound keeps that state's memory bounded too.
+MAX_REQUEST_ID_BYTES = 256

@@ -26,7 +26,7 @@ import redis
 
 from gati import names
 from gati.errors import InvalidArgument, NotFound
-from gati.probes.bundle import Bundle
+from gati.probes.bundle import Bundle, BundleError
 
 # Allocate the next version: INCR, but never at or below a version already published (the
 # counter may have been lost while the versions survived, e.g. a partial restore).
@@ -49,7 +49,7 @@ end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('SET', KEYS[5], ARGV[6], 'NX')
-local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
+local cur = tonumber(redis.call('GET', KEYS[3]) or '0') or 0  -- garbage: replaced
 if tonumber(ARGV[2]) > cur then
   redis.call('SET', KEYS[3], ARGV[2])
   redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -78,7 +78,7 @@ class Announcement:
         try:
             obj = json.loads(data)
             model, version = obj["model"], obj["version"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # "[" * 50000 recurses
             return None
         if not isinstance(model, str) or not isinstance(version, int) or isinstance(version, bool):
             return None
@@ -165,9 +165,15 @@ class BundleStore:
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def pointer(self, model: str) -> int | None:
-        """The version the model uses now (one GET), or None if none was ever published."""
+        """The version the model uses now (one GET), or None if none was ever published.
+        BundleError when the key holds something that is not a version number."""
         raw = self.client.get(names.bundle_pointer_key(model))
-        return None if raw is None else int(raw)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise BundleError(f"pointer of {model!r} is {raw[:40]!r}, not a version") from None
 
     def fetch(self, model: str, version: int) -> bytes | None:
         """The stored bytes of one version, unverified (the reader verifies), or None."""

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from gati import names
 from gati.api import cache_pb2
 from gati.probes.runtime import ProbeRuntime
 from services.cache.lookups import Lookup, LookupRejected, Summary
@@ -20,6 +21,10 @@ DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 
 def decode_lookup(request: cache_pb2.LookupRequest, arrived: float) -> Lookup:
     """LookupRequest -> Lookup with x [rows, D] float32; LookupRejected says what is wrong."""
+    if len(request.request_id.encode()) > names.MAX_REQUEST_ID_BYTES:  # checked before it is stored
+        raise LookupRejected(
+            "request_id", f"request_id is longer than {names.MAX_REQUEST_ID_BYTES} bytes (UTF-8)"
+        )
     tensor = request.activation
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:

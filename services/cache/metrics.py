@@ -26,7 +26,7 @@ LOOKUP_BUCKETS = (
     0.01,
     0.05,
 )
-LOOKUP_ERRORS = ("model", "layer", "dtype", "shape", "nonfinite", "internal")
+LOOKUP_ERRORS = ("model", "layer", "dtype", "shape", "nonfinite", "request_id", "internal")
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class BundleRefresher:
         self._closed = threading.Event()
         self._sync_lock = threading.Lock()
         self._redis_ok = True
+        self._broken: dict[str, str] = {}  # model -> what stopped its last sync (logged once)
         self._threads = [
             threading.Thread(target=self._sync_loop, name="bundle-sync", daemon=True),
             threading.Thread(target=self._listen_loop, name="bundle-listen", daemon=True),
@@ -107,7 +108,7 @@ class BundleRefresher:
         with self._sync_lock:
             try:
                 for model in self.models or self.store.models():
-                    self._sync_model(model)
+                    self._sync_model_safely(model)
             except REDIS_ERRORS as exc:
                 self.metrics.redis_errors.inc()
                 if self._redis_ok:
@@ -118,6 +119,21 @@ class BundleRefresher:
                 log.info("redis reachable again")
             self._redis_ok = True
             return True
+
+    def _sync_model_safely(self, model: str) -> None:
+        """`_sync_model`, where anything but Redis being down is one refusal, counted and
+        logged once per distinct problem: the thread goes on and the last good bundle stays."""
+        try:
+            self._sync_model(model)
+        except REDIS_ERRORS:
+            raise
+        except Exception as exc:
+            if self._broken.get(model) != str(exc):  # counted once, not at every sync
+                self._broken[model] = str(exc)
+                reason = "pointer" if isinstance(exc, BundleError) else "internal"
+                self._refuse(model, self.probes.version(model), reason, str(exc))
+            return
+        self._broken.pop(model, None)
 
     def _sync_model(self, model: str) -> None:
         version = self.store.pointer(model)
@@ -200,7 +216,12 @@ class BundleRefresher:
             self._wake.clear()
             if self._closed.is_set():
                 return
-            if self.sync_once():
+            try:
+                ok = self.sync_once()
+            except Exception:
+                log.exception("bundle sync failed; trying again")
+                ok = False
+            if ok:
                 backoff.reset()
                 delay = self.refresh_s
             else:
@@ -217,7 +238,10 @@ class BundleRefresher:
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=POLL_S)
                     if message is not None and message.get("type") == "message":
-                        self._on_announcement(message["data"])
+                        try:
+                            self._on_announcement(message["data"])
+                        except Exception:
+                            log.exception("bundle announcement %r not handled", message)
             except REDIS_ERRORS as exc:
                 self.metrics.redis_errors.inc()
                 log.debug("bundle announcements lost (%s); resubscribing", exc)
@@ -227,7 +251,7 @@ class BundleRefresher:
                     _close_quietly(pubsub)
 
     def _on_announcement(self, data: bytes) -> None:
-        announced = Announcement.parse(data)
+        announced = Announcement.parse(data)  # never raises, whatever was published
         if announced is None:
             log.warning("ignoring malformed bundle announcement %r", data[:200])
             return

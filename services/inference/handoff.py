@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gati import names
+
 PIPE_BUF = 4096  # POSIX: pipe writes up to this size are atomic
-MAX_REQUEST_ID_BYTES = 256  # longer ids are cut (they only correlate logs and per-row state)
+MAX_REQUEST_ID_BYTES = names.MAX_REQUEST_ID_BYTES  # longer ids are cut before the hand-over
 
 # status block: int64 cells, each written by one side only
 STATUS_CELLS = 16

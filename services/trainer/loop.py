@@ -20,6 +20,7 @@ labelled, and the first round that finds probes worth having publishes version 1
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,9 @@ from services.trainer.publisher import Publisher
 from services.trainer.window import Window
 
 log = logging.getLogger(__name__)
+
+
+MAX_CLOCK_SKEW_S = 300.0  # records dated further ahead of this trainer's clock are refused
 
 
 class TrainerLoop:
@@ -91,6 +95,12 @@ class TrainerLoop:
                 continue
             if rec.model != self.model:
                 self.metrics.consumed.labels("other_model").inc()
+                continue
+            if not math.isfinite(rec.time) or rec.time > time.time() + MAX_CLOCK_SKEW_S:
+                # the window keeps records by the newest record's time: one dated years ahead
+                # would push every other record out of it
+                self.metrics.consumed.labels("future").inc()
+                log.debug("record %s/%d dated %s refused", rec.request_id, rec.row, rec.time)
                 continue
             self.metrics.consumed.labels(self.window.add(rec)).inc()
         stats = self.window.stats()

@@ -14,7 +14,7 @@ class TrainerMetrics:
         self.consumed = Counter(
             "gati_trainer_records_consumed",
             "activation records read from Kafka, by what became of them",
-            ["outcome"],  # labelled, unlabelled, duplicate, malformed, other_model
+            ["outcome"],  # labelled, unlabelled, duplicate, malformed, other_model, future
             registry=r,
         )
         self.window = Gauge(

@@ -121,6 +121,33 @@ def test_a_pickle_is_refused_and_never_unpickled(store: BundleStore, stub, tmp_p
     assert not marker.exists()
 
 
+def test_a_hostile_announcement_leaves_the_listener_alive(store: BundleStore, stub) -> None:
+    """Issue 14, finding 1: `[` * 50000 on the channel killed the listener thread with a
+    RecursionError; afterwards only the 30 s timer would have seen new bundles."""
+    server, s = stub
+    for data in (b"[" * 50000, b"\xff\xfe", b'{"model": 1}', b"{" * 100000):
+        store.client.publish(names.BUNDLE_CHANNEL, data)
+    store.publish(make_bundle(seed=2))
+    wait_until(lambda: plan_version(s) == 2, timeout=5.0)  # only the listener is this quick
+    assert all(t.is_alive() for t in server.refresher._threads)
+
+
+def test_a_garbage_pointer_is_refused_and_the_next_good_bundle_taken(
+    store: BundleStore, stub
+) -> None:
+    """Issue 14, finding 2: pointer "abc" killed the sync thread; a good bundle published after
+    it was never picked up while health said SERVING."""
+    server, s = stub
+    store.client.set(names.bundle_pointer_key(MODEL), "abc")
+    store.client.publish(names.BUNDLE_CHANNEL, Announcement(MODEL, 2).to_json())
+    wait_until(lambda: refused(server, "pointer") == 1, timeout=5.0)
+    server.refresher.sync_once()  # the same bad pointer again: refused once, not per sync
+    assert refused(server, "pointer") == 1 and plan_version(s) == 1
+    assert all(t.is_alive() for t in server.refresher._threads)
+    assert store.publish(make_bundle(seed=3)) == 2
+    wait_until(lambda: plan_version(s) == 2, timeout=5.0)
+
+
 def test_rollback_to_a_lower_version_takes_effect(store: BundleStore, stub) -> None:
     _, s = stub
     store.publish(make_bundle(seed=2))

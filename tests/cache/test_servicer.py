@@ -149,6 +149,8 @@ def bad_requests() -> list[tuple[str, cache_pb2.LookupRequest, str]]:
         ("shape", rows, "2 row ids for an activation of 1 rows"),
         ("shape", lookup_request(7, "layer1.2", np.zeros((1, 17))), "reads 16 values per row"),
         ("nonfinite", lookup_request(8, "layer1.2", np.full((1, 16), np.nan)), "NaN"),
+        # issue 14, finding 5: 100 lookups with 1 MB ids grew the service by 100 MB
+        ("request_id", lookup_request(9, "layer1.2", ok, request_id="x" * 1_000_000), "256 bytes"),
     ]
 
 

@@ -226,3 +226,27 @@ def test_a_candidate_that_is_not_better_is_not_published(
         result.current_eval.speedup
     )
     store.close()
+
+
+def test_a_record_dated_in_the_future_does_not_empty_the_window(
+    model: StagedModel, activations, kafka_bootstrap: str, redis_url: str
+) -> None:
+    """Issue 14, finding 3: one record with time 4.0e9 (year 2096) moved the window's newest
+    time, and every other record fell out of it (188 -> 1)."""
+    acts, logits = activations
+    metrics = TrainerMetrics()
+    loop = build_loop(_config(kafka_bootstrap, redis_url), model, metrics)
+    try:
+        loop.absorb(_records(acts, logits, range(0, 200)))
+        assert len(loop.window) == 200
+        future = records.decode(_records(acts, logits, range(200, 201))[0])
+        for when in (4.0e9, float("inf")):
+            loop.absorb([records.encode(replace(future, time=when))])
+        loop.absorb(_records(acts, logits, range(201, 210)))
+        assert len(loop.window) == 209
+        consumed = metrics.registry.get_sample_value(
+            "gati_trainer_records_consumed_total", {"outcome": "future"}
+        )
+        assert consumed == 2
+    finally:
+        loop.source.close()
