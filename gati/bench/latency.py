@@ -1,7 +1,7 @@
 """`gati bench latency`: gati against a separate plain server, end to end, per workload.
 
 Three targets answer the same stream, request by request, from the stock tritonclient
-(gati/bench/triton_load.py; whoever goes first rotates): `plain`, a separate
+(gati/bench/triton_load.py; the order cycles through every permutation): `plain`, a separate
 `gati serve inference` with caches, records and the exact cache off at its best setting (its
 defaults); `gati`, the inference service of a stack with its cache service and Redis, caches on;
 and `off`, the same stack's service with `gati.caches=false` (the second column: what the
