@@ -1,13 +1,13 @@
 """`gati bench latency`: gati against a separate plain server, end to end, per workload.
 
-Three targets answer the same stream, request by request, from the stock tritonclient
-(gati/bench/triton_load.py; the order cycles through every permutation): `plain`, a separate
-`gati serve inference` with caches, records and the exact cache off at its best setting (its
-defaults); `gati`, the inference service of a stack with its cache service and Redis, caches on;
-and `off`, the same stack's service with `gati.caches=false` (the second column: what the
-machinery costs when nothing is looked up). Cores are placed as `gati up` places them. The
-bundle is published again (a new version) before each workload, so each starts with every
-layer on and the pays-for-itself switch judges it on its own traffic.
+Three targets answer the same stream from the stock tritonclient, in blocks of 10 images
+(gati/bench/triton_load.py says why; the order cycles through every permutation): `plain`,
+a separate `gati serve inference` with caches, records and the exact cache off at its best
+setting (its defaults); `gati`, the inference service of a stack with its cache service and
+Redis, caches on; and `off`, the same stack's service with `gati.caches=false` (the second
+column: what the machinery costs when nothing is looked up). Cores are placed as `gati up`
+places them. The bundle is published again (a new version) before each workload, so each
+starts with every layer on and the pays-for-itself switch judges it on its own traffic.
 
 Also measured in the same run: a bare gRPC bidi ping-pong between two processes (the floor of a
 lookup's reply delay), the inference service's own figures of each lookup (critical-path cost on
