@@ -367,11 +367,10 @@ class CacheClient:
             self._plan_wakeup.clear()
             if self._closed.is_set() or not self.connected:
                 continue
-            for name in self._models:
-                self._refresh_plan(name)
+            self.refresh_plans()
 
     def refresh_plans(self) -> None:
-        """Re-read every model's plan now (tests and start-up)."""
+        """Re-read every model's plan now (the plan loop, on its timer or when woken)."""
         for name in self._models:
             self._refresh_plan(name)
 

@@ -8,6 +8,7 @@ waits on the cache service, Kafka or Redis: a missing reply means the model keep
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -390,8 +391,8 @@ class _Pass:
     rows_i32: np.ndarray | None = None  # row ids of st.alive as int32 (None: recompute)
     replies: int = -1  # the relay's reply count when this pass last looked at its lookups
 
-    @property
-    def rid_bytes(self) -> bytes:
+    @functools.cached_property
+    def rid_bytes(self) -> bytes:  # encoded once per pass, not once per lookup
         return self.request_id.encode()[:MAX_REQUEST_ID_BYTES]
 
     @property
