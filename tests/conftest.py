@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gati.local.processes import ManagedProcess, free_port, start_redis, start_tansu
+from gati.local.ports import free_port
+from gati.local.processes import ManagedProcess, start_redis, start_tansu
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from gati import names
-from gati.local.processes import ManagedProcess, free_port, gati_argv, wait_for_health
+from gati.local.ports import free_port
+from gati.local.processes import ManagedProcess, gati_argv, wait_for_health
 
 
 def summarize(latencies_s: Sequence[float]) -> dict[str, float]:

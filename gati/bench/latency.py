@@ -40,7 +40,8 @@ from gati.bench.stack import (
     wait_for_bundle,
 )
 from gati.data import load_dataset
-from gati.local.processes import free_port, wait_for_port
+from gati.local.ports import free_port
+from gati.local.processes import wait_for_port
 from gati.models import load_model
 from gati.probes.costs import measure_stage_ms
 from gati.workloads import make_stream

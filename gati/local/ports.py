@@ -7,8 +7,10 @@ tests and for stacks side by side.
 
 from __future__ import annotations
 
-import contextlib
+import random
 import socket
+import threading
+from pathlib import Path
 
 from gati import names
 
@@ -50,15 +52,42 @@ def plan(wanted: list[str], base: int, host: str) -> dict[str, int]:
     return ports
 
 
+# Ports handed out by this process, so two calls never return the same one.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_LOWEST_PICKED = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, picked below the kernel's ephemeral range.
+
+    Why not bind port 0: the OS then picks from the ephemeral range, and between closing the
+    probe socket and the server binding it any outgoing connection (a client dialling Redis)
+    may take the same port as its local end: "Address already in use" (seen once in CI)."""
+    low, high = _ephemeral_range()
+    top = low - 1 if low - 1 > _LOWEST_PICKED + 1000 else 65535
+    bottom = _LOWEST_PICKED if top == low - 1 else high + 1
+    with _handed_out_lock:
+        for _ in range(200):
+            port = random.randint(bottom, top)
+            if port not in _handed_out and bindable(LOCALHOST, port):
+                _handed_out.add(port)
+                return port
+    raise OSError(f"no free port found in {bottom}..{top}")
+
+
 def free_ports(wanted: list[str]) -> dict[str, int]:
-    """Distinct free ports: every socket stays bound until all are picked."""
-    with contextlib.ExitStack() as stack:
-        ports = {}
-        for name in wanted:
-            s = stack.enter_context(socket.socket())
-            s.bind((LOCALHOST, 0))
-            ports[name] = s.getsockname()[1]
-        return ports
+    """Distinct free ports, one per wanted endpoint."""
+    return {name: free_port() for name in wanted}
 
 
 def bindable(host: str, port: int) -> bool:

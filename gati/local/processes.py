@@ -21,13 +21,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(
     host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
 ) -> None:

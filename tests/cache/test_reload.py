@@ -13,7 +13,8 @@ import pytest
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.local.processes import free_port, start_redis
+from gati.local.ports import free_port
+from gati.local.processes import start_redis
 from gati.store import Announcement, BundleStore
 from services.cache.server import CacheServer
 from tests.cache.helpers import MODEL, Stream, lookup_request, make_bundle, sample, wait_until

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from gati import names
-from gati.local.processes import ManagedProcess, free_port, gati_argv, wait_for_health
+from gati.local.ports import free_port
+from gati.local.processes import ManagedProcess, gati_argv, wait_for_health
 from gati.models import load_model
 
 CHECK = Path(__file__).with_name("triton_client_check.py")

@@ -223,15 +223,23 @@ def test_port_layout_from_base(tmp_path: Path) -> None:
     assert len(set(free.values())) == len(free) == 8
 
 
+def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    """Outgoing connections take their local ports from the ephemeral range; a port picked
+    there can be taken between the pick and the server's bind (a CI failure once)."""
+    low, high = ports._ephemeral_range()
+    picked = [ports.free_port() for _ in range(300)]
+    assert len(set(picked)) == len(picked)
+    assert all(not low <= p <= high for p in picked)
+    assert all(ports.bindable("127.0.0.1", p) for p in picked[:20])
+
+
 def test_a_taken_port_is_named(tmp_path: Path) -> None:
     weights = tmp_path / "w.th"
     weights.write_bytes(b"x")
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", ports.free_port()))
         s.listen()
         base = s.getsockname()[1] - ports.PORT_OFFSETS["cache"]
-        if base < 1024:
-            pytest.skip("the OS gave a port too low to be a cache port")
         opts = up.options_from_args(up_args(weights=str(weights), ports=base))
         with pytest.raises(up.UsageError, match=rf"port {base + 11} \(cache\) is in use"):
             up.plan_ports(opts)

@@ -12,7 +12,8 @@ import torch
 from kafka import KafkaConsumer
 
 from gati import records
-from gati.local.processes import free_port, start_tansu
+from gati.local.ports import free_port
+from gati.local.processes import start_tansu
 from gati.models import StagedModel, load_model
 from gati.probes.reductions import reduce
 from services.inference.config import InferenceConfig

@@ -10,7 +10,8 @@ import numpy as np
 from kafka import KafkaProducer
 
 from gati import records
-from gati.local.processes import free_port, start_tansu
+from gati.local.ports import free_port
+from gati.local.processes import start_tansu
 from services.common.kafka import ensure_topic
 from services.trainer.consumer import RecordSource
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gati.local.processes import free_port, start_redis
+from gati.local.ports import free_port
+from gati.local.processes import start_redis
 from gati.probes.bundle import Bundle
 from gati.probes.entries import active_prefix, candidate_prefix, layer_entry
 from gati.probes.synthetic import random_bundle, random_roles
