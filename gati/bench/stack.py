@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gati import names
 from gati.api import grpc_service_pb2 as pb
 from gati.api import grpc_service_pb2_grpc as pb_grpc
+from gati.local.ports import free_port
 from gati.local.processes import (
     ManagedProcess,
-    free_port,
     gati_argv,
     start_redis,
     start_tansu,

@@ -29,9 +29,9 @@ import numpy as np
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
+from gati.local.ports import free_port
 from gati.local.processes import (
     ManagedProcess,
-    free_port,
     gati_argv,
     start_redis,
     wait_for_health,

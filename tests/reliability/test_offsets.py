@@ -22,9 +22,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from gati import names, records
+from gati.local.ports import free_port
 from gati.local.processes import (
     ManagedProcess,
-    free_port,
     gati_argv,
     start_redis,
     start_tansu,
