@@ -49,7 +49,10 @@ end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('SET', KEYS[5], ARGV[6], 'NX')
-local cur = tonumber(redis.call('GET', KEYS[3]) or '0') or 0  -- garbage: replaced
+-- Only plain decimal digits are a version, as the cache service reads them: tonumber alone
+-- would take 'nan', '1e9' or '0x10', which no reader can use, and never move past them.
+local raw = redis.call('GET', KEYS[3]) or '0'
+local cur = string.match(raw, '^%d+$') and tonumber(raw) or 0  -- garbage: replaced
 if tonumber(ARGV[2]) > cur then
   redis.call('SET', KEYS[3], ARGV[2])
   redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -114,11 +117,16 @@ class BundleStore:
         """Store `bundle` as the model's next version, point at it, announce; returns the version.
 
         The stored bytes carry the assigned version in their manifest (checksum resealed), so
-        a reader can check that the key and the bytes agree.
+        a reader can check that the key and the bytes agree. A bundle the cache service would
+        refuse as unfit (`gati.probes.fitness`) is refused here first, with the same message,
+        and nothing is written.
         """
+        from gati.probes.fitness import fit_to_serve  # builds the runtime: numpy, models
+
         model = model or bundle.model_id
         _check_model_name(model)
         bundle.verify()
+        fit_to_serve(bundle)
         version = int(
             self._next_version(
                 keys=[names.bundle_counter_key(model), names.bundle_versions_key(model)]

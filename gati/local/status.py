@@ -1,18 +1,27 @@
-"""`gati status`: is each process of the local stack alive, is it healthy, where is it.
+"""`gati status`: is each process of the local stack alive, is it healthy, how current is it.
 
 Health is what a client would see: grpc.health.v1 for the services, PING (with AUTH) for
-Redis, an accepted connection for the broker. Exit status: 0 when everything is running and
-healthy, 1 when something is not, 3 when no stack is recorded in the run directory.
+Redis, an accepted connection for the broker. Freshness and dead threads come from each
+service's Prometheus endpoint, because health alone says "up", not "up to date": the cache's
+bundle versions and how long ago it last synced with Redis, the trainer's window and how
+long ago a record last reached it, the inference service's plans, and any essential
+background thread no longer running (`gati_thread_alive` 0, which also makes health
+NOT_SERVING). A value a service does not expose shows as "-". Exit status: 0 when everything
+is running and healthy, 1 when something is not, 3 when no stack is recorded in the run
+directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
-from dataclasses import asdict, dataclass
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -34,10 +43,14 @@ class ProcessStatus:
     address: str
     metrics: str | None  # Prometheus URL
     log: str | None
+    # what the metrics say (see `freshness`); empty when not scraped or not a gati service
+    freshness: dict[str, Any] = field(default_factory=dict)
+    dead_threads: list[str] | None = None  # None: unknown (no metrics endpoint answered)
 
     @property
     def ok(self) -> bool:
-        return self.state in ("running", "external") and self.health in HEALTHY
+        healthy = self.state in ("running", "external") and self.health in HEALTHY
+        return healthy and not self.dead_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +102,8 @@ def as_json(state: st.StackState, statuses: list[ProcessStatus]) -> dict:
 
 
 def render(state: st.StackState, statuses: list[ProcessStatus]) -> str:
-    """A fixed-width table: one row per process."""
+    """Fixed-width tables: one row per process; then, for the services whose metrics
+    answered, how current each is and which essential threads are dead."""
     header = ("NAME", "PID", "STATE", "HEALTH", "ENDPOINT", "METRICS", "LOG")
     rows = [
         (
@@ -103,6 +117,18 @@ def render(state: st.StackState, statuses: list[ProcessStatus]) -> str:
         )
         for s in statuses
     ]
+    tables = [_table(header, rows)]
+    scraped = [s for s in statuses if s.dead_threads is not None]
+    if scraped:
+        fresh = [
+            (s.name, render_freshness(s.name, s.freshness), ",".join(s.dead_threads or ()) or "-")
+            for s in scraped
+        ]
+        tables.append(_table(("SERVICE", "FRESHNESS", "DEAD THREADS"), fresh))
+    return "\n\n".join(tables)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     head = "  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()
@@ -126,15 +152,112 @@ def _status(state: st.StackState, record: st.ProcessRecord, timeout: float) -> P
     health = "-" if proc_state == "exited" else _health(state, record, timeout)
     metrics = record.ports.get("metrics")
     host = record.address.rpartition(":")[0]
+    url = f"http://{host}:{metrics}/metrics" if metrics else None
+    samples = scrape(url, timeout) if url and proc_state != "exited" else None
     return ProcessStatus(
         name=record.name,
         pid=record.pid,
         state=proc_state,
         health=health,
         address=record.address,
-        metrics=f"http://{host}:{metrics}/metrics" if metrics else None,
+        metrics=url,
         log=record.log,
+        freshness=freshness(record.name, samples) if samples is not None else {},
+        dead_threads=dead_threads(samples) if samples is not None else None,
     )
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]  # sample name -> (labels, value)
+
+
+def scrape(url: str, timeout: float) -> Samples | None:
+    """Every sample of a Prometheus endpoint, or None when it cannot be read."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            text = reply.read().decode()
+        samples: Samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples.setdefault(s.name, []).append((s.labels, s.value))
+    except (OSError, ValueError):  # unreachable, timed out, or not Prometheus text
+        return None
+    return samples
+
+
+def freshness(name: str, samples: Samples) -> dict[str, Any]:
+    """How current a service is, by what its metrics say; None where a value is not exposed.
+
+    cache: bundle version in use per model, seconds since its last good sync with Redis;
+    trainer: labelled records in its window, seconds since a record last reached it;
+    inference: the bundle version of each model's plan."""
+    if name == "cache":
+        return {
+            "bundles": _by_model(samples, "gati_cache_bundle_version"),
+            "sync_age_seconds": _gauge(samples, "gati_cache_bundle_sync_age_seconds"),
+        }
+    if name == "trainer":
+        window = _gauge(samples, "gati_trainer_window_records")
+        return {
+            "window_records": None if window is None else int(window),
+            "last_record_age_seconds": _gauge(samples, "gati_trainer_last_record_age_seconds"),
+        }
+    if name == "inference":
+        return {"plans": _by_model(samples, "gati_cache_plan_bundle_version")}
+    return {}
+
+
+def dead_threads(samples: Samples) -> list[str]:
+    """Essential background threads the service reports as no longer running."""
+    return sorted(
+        labels.get("thread", "?") for labels, v in samples.get("gati_thread_alive", ()) if v == 0
+    )
+
+
+def render_freshness(name: str, fresh: dict[str, Any]) -> str:
+    """One table cell: "bundles m v3, synced 1.2s ago", "window 40, last record 3s ago"."""
+    if not fresh:
+        return "-"
+    if name == "cache":
+        return f"bundles {_versions(fresh['bundles'])}, synced {_ago(fresh['sync_age_seconds'])}"
+    if name == "trainer":
+        window = fresh["window_records"]
+        last = _ago(fresh["last_record_age_seconds"])
+        return f"window {'-' if window is None else window}, last record {last}"
+    if name == "inference":
+        return f"plans {_versions(fresh['plans'])}"
+    return "-"
+
+
+def _by_model(samples: Samples, name: str) -> dict[str, int] | None:
+    found = samples.get(name)
+    if found is None:
+        return None
+    return {labels.get("model", ""): int(v) for labels, v in found if math.isfinite(v)}
+
+
+def _gauge(samples: Samples, name: str) -> float | None:
+    """The largest (stalest) finite, non-negative value of a gauge; None if there is none
+    (a negative value is how a service says "never yet")."""
+    values = [v for _, v in samples.get(name, ()) if math.isfinite(v) and v >= 0]
+    return max(values) if values else None
+
+
+def _versions(versions: dict[str, int] | None) -> str:
+    if versions is None:
+        return "-"
+    return ", ".join(f"{m} v{v}" for m, v in sorted(versions.items())) or "none"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 100:
+        return f"{seconds:.1f}s ago"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
 
 
 def _health(state: st.StackState, record: st.ProcessRecord, timeout: float) -> str:

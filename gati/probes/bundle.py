@@ -14,6 +14,9 @@ Manifest (format_version 1), the fields a reader relies on:
     (ISO-8601 UTC), num_classes, agreement_target, layers (the plan, stage order; may be empty),
     candidates (optional: inactive probes kept for analysis), and per layer entry: layer,
     variant, reduction, channels, input_dim, tensors {name: {dtype, shape}}, ... ; checksum.
+    Optional `cuts` (written by the fit): the model's cut points in stage order, as
+    [{name, channels}] (channels null where no records were fitted), which the cache service
+    checks probe widths against (`gati.probes.fitness`).
 An empty `layers` list is a valid bundle: it says "no caches pay for this model now".
 """
 
@@ -224,9 +227,10 @@ class Bundle:
         self._verify_tensors()
 
     def _verify_tensors(self) -> None:
+        for key in ("layers", "candidates"):
+            if not isinstance(self.manifest.get(key, []), list):
+                raise BundleError(f"manifest {key!r} must be a list")
         entries = [*self.manifest["layers"], *self.manifest.get("candidates", [])]
-        if not isinstance(self.manifest["layers"], list):
-            raise BundleError("manifest 'layers' must be a list")
         declared: set[str] = set()
         seen_layers: set[str] = set()
         for i, entry in enumerate(entries):
@@ -239,6 +243,10 @@ class Bundle:
                 if entry["layer"] in seen_layers:
                     raise BundleError(f"layer {entry['layer']!r} is active twice")
                 seen_layers.add(entry["layer"])
+            if not isinstance(entry["tensors"], dict) or not all(
+                isinstance(s, dict) for s in entry["tensors"].values()
+            ):
+                raise BundleError(f"layer entry {i}: 'tensors' must map names to specs")
             for name, spec in entry["tensors"].items():
                 declared.add(name)
                 if name not in self.tensors:

@@ -106,5 +106,13 @@ def assemble(
         num_classes=num_classes,
         agreement_target=cfg.agreement_target,
         candidates=candidates,
-        extra={"fit": report},
+        extra={"fit": report, "cuts": model_cuts(cost, [*chosen, *cands])},
     )
+
+
+def model_cuts(cost: CostModel, probes: Sequence[ProbeCandidate]) -> list[dict[str, object]]:
+    """The model's cut points in stage order, with the channels each probe was fitted to
+    (null for a cut without records): the cache service checks every probe's width against
+    them before serving it (gati.probes.fitness)."""
+    channels = {c.layer: int(c.channels) for c in probes}
+    return [{"name": cut, "channels": channels.get(cut)} for cut in cost.cut_names]

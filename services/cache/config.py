@@ -30,6 +30,9 @@ class CacheConfig:
     stream_idle_seconds: float = _f(600.0, "a Lookup stream silent this long is closed")
     max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message sent or received")
     drain_seconds: float = _f(5.0, "grace period on SIGTERM")
+    max_sync_age_seconds: float = _f(
+        300.0, "health NOT_SERVING after this long without a Redis sync (0: never)"
+    )
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
@@ -41,3 +44,8 @@ class CacheConfig:
         require(self.redis_timeout_seconds > 0, "redis_timeout_seconds", "must be positive")
         require(self.redis_backoff_max_seconds > 0, "redis_backoff_max_seconds", "must be positive")
         require(self.max_message_bytes >= 1024, "max_message_bytes", "must be at least 1024")
+        require(
+            self.max_sync_age_seconds == 0 or self.max_sync_age_seconds > self.refresh_seconds,
+            "max_sync_age_seconds",
+            "must exceed refresh_seconds (a healthy sync is that old between timer ticks), or be 0",
+        )

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.liveness import Liveness
+
 # A lookup is tens of microseconds of numpy; the shared request buckets start at 0.1 ms.
 LOOKUP_BUCKETS = (
     0.00001,
@@ -98,6 +100,14 @@ class CacheMetrics:
         self.redis_errors = Counter(
             "gati_cache_redis_errors", "failed Redis reads and subscriptions", registry=r
         )
+        # computed at scrape time (the refresher sets the function): no thread has to tick it
+        self.sync_age = Gauge(
+            "gati_cache_bundle_sync_age_seconds",
+            "seconds since a bundle sync last read Redis (since start, before the first)",
+            registry=r,
+        )
+        # bundle-sync, bundle-listen: alive, and errors their loops went on from
+        self.threads = Liveness(r)
 
     def layer(self, model: str, layer: str) -> LayerMetrics:
         """Children for one (model, layer); only called for layers some bundle made active."""

@@ -1,8 +1,8 @@
 """Keep the probes in use in step with Redis, the source of truth for bundles.
 
 A sync reads each model's pointer (one GET) and, when it names a version other than the one in
-use, fetches the bytes, verifies them (format, checksum, version, probes build) and swaps the
-new runtime in. Syncs run in one thread, on:
+use, fetches the bytes, verifies them (format, checksum, version, fitness: gati.probes.fitness,
+probes build) and swaps the new runtime in. Syncs run in one thread, on:
 - start (`sync_once`, before the service says SERVING),
 - a pub/sub announcement (a second thread listens; it also wakes a sync each time it
   (re)subscribes, which is the "load on reconnect"),
@@ -14,7 +14,8 @@ refused version is not fetched again until the pointer moves. A service that hol
 (it just started) behind a refused pointer falls back to the newest version below the pointer
 that verifies, which is what the replicas that were up all along kept serving. If Redis is
 unreachable the service keeps serving what it has and both threads retry with exponential
-backoff.
+backoff; once no sync has read Redis for `max_sync_age_seconds` (`FreshnessGuard`), health
+says NOT_SERVING until one does.
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import redis
 
 from gati.probes.bundle import Bundle, BundleError
+from gati.probes.fitness import FitnessError, fit_to_serve
 from gati.probes.runtime import ProbeRuntime
 from gati.store import Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
 from services.common.backoff import Backoff
+
+if TYPE_CHECKING:
+    from services.common.liveness import HealthHandle
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ POLL_S = 0.25  # how long the listener blocks on pub/sub; bounds how long close(
 
 def refusal_reason(exc: Exception) -> str:
     """A short, fixed label for why a bundle was refused (metric label, not free text)."""
+    if isinstance(exc, FitnessError):
+        return "fitness"
     if isinstance(exc, BundleError):
         text = str(exc)
         if text.startswith("checksum"):
@@ -81,6 +90,10 @@ class BundleRefresher:
         self._sync_lock = threading.Lock()
         self._redis_ok = True
         self._broken: dict[str, str] = {}  # model -> what stopped its last sync (logged once)
+        # monotonic time of the last sync that read Redis (creation, before the first)
+        self._synced_at = time.monotonic()
+        metrics.sync_age.set_function(self.sync_age)
+        self._freshness: FreshnessGuard | None = None
         self._threads = [
             threading.Thread(target=self._sync_loop, name="bundle-sync", daemon=True),
             threading.Thread(target=self._listen_loop, name="bundle-listen", daemon=True),
@@ -90,10 +103,19 @@ class BundleRefresher:
     def start(self) -> None:
         for t in self._threads:
             t.start()
+            self.metrics.threads.watch(t.name, t)  # health turns NOT_SERVING if one ends
+
+    def guard_health(self, handle: HealthHandle, max_age_s: float) -> None:
+        """Health NOT_SERVING while the last sync that read Redis is older than `max_age_s`
+        (0: never); SERVING again after the next one succeeds. Ends with `close`."""
+        self._freshness = FreshnessGuard(self.sync_age, max_age_s)
+        self._freshness.guard(handle)
 
     def close(self) -> None:
         self._closed.set()
         self._wake.set()
+        if self._freshness is not None:
+            self._freshness.close()
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=5)
@@ -118,7 +140,13 @@ class BundleRefresher:
             if not self._redis_ok:
                 log.info("redis reachable again")
             self._redis_ok = True
+            self._synced_at = time.monotonic()
             return True
+
+    def sync_age(self) -> float:
+        """Seconds since a sync last read Redis (since creation, before the first): how stale
+        the bundles held may be, as a rollback or a new publish would not have been seen."""
+        return time.monotonic() - self._synced_at
 
     def _sync_model_safely(self, model: str) -> None:
         """`_sync_model`, where anything but Redis being down is one refusal, counted and
@@ -219,6 +247,7 @@ class BundleRefresher:
             try:
                 ok = self.sync_once()
             except Exception:
+                self.metrics.threads.error("bundle-sync")
                 log.exception("bundle sync failed; trying again")
                 ok = False
             if ok:
@@ -241,10 +270,15 @@ class BundleRefresher:
                         try:
                             self._on_announcement(message["data"])
                         except Exception:
+                            self.metrics.threads.error("bundle-listen")
                             log.exception("bundle announcement %r not handled", message)
             except REDIS_ERRORS as exc:
                 self.metrics.redis_errors.inc()
                 log.debug("bundle announcements lost (%s); resubscribing", exc)
+                self._closed.wait(backoff.next())
+            except Exception:  # anything else from the client: resubscribe, never die
+                self.metrics.threads.error("bundle-listen")
+                log.exception("bundle announcements failed unexpectedly; resubscribing")
                 self._closed.wait(backoff.next())
             finally:
                 if pubsub is not None:
@@ -259,6 +293,67 @@ class BundleRefresher:
             self.wake()
 
 
+class FreshnessGuard:
+    """Readiness follows how fresh the bundles held are. Past `max_age_s` without a sync that
+    read Redis, a rollback or a new publish may have gone unseen, so the service's named health
+    (the readiness probe) says NOT_SERVING; "" (liveness) stays SERVING, since a restart would
+    not bring Redis back and would lose the bundles held. Lookups and plans still answer. The
+    bound is generous, so a brief Redis outage is ridden out on the bundles held; the next
+    sync that succeeds makes health SERVING again (unless something else keeps it off)."""
+
+    def __init__(self, sync_age: Callable[[], float], max_age_s: float) -> None:
+        self.sync_age = sync_age
+        self.max_age_s = max_age_s
+        self.watch_s = min(1.0, max_age_s / 4)  # how late health can be about the bound
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def stale(self) -> list[str]:
+        """Why readiness must be off, as a handle's `unready` lists it: [] while fresh."""
+        age = self.sync_age()
+        if self.max_age_s > 0 and age > self.max_age_s:
+            return [f"no bundle sync with Redis for {age:.1f}s (bound {self.max_age_s:g}s)"]
+        return []
+
+    def guard(self, handle: HealthHandle) -> None:
+        """Make `handle.set_serving(True)` consult freshness too, and start the watcher."""
+        if self.max_age_s <= 0:
+            return  # disabled
+        previous = getattr(handle, "unready", list)
+        handle.unready = lambda: [*previous(), *self.stale()]
+        self._thread = threading.Thread(
+            target=self._watch, args=(handle,), name="bundle-freshness", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _watch(self, handle: HealthHandle) -> None:
+        was_stale = False
+        while not self._closed.wait(self.watch_s):
+            if handle.stopped.is_set():
+                return
+            try:
+                was_stale = self._check(handle, was_stale)
+            except Exception:  # the watcher must outlive whatever it watches
+                log.exception("bundle freshness check failed; checking again")
+
+    def _check(self, handle: HealthHandle, was_stale: bool) -> bool:
+        """Flip health on a change only, so others' say over it (liveness) is not undone."""
+        why = self.stale()
+        if bool(why) == was_stale:
+            return was_stale
+        if why:
+            log.error("%s: readiness NOT_SERVING until a sync succeeds", why[0])
+        else:
+            log.warning("bundle sync with Redis succeeded again: freshness allows SERVING")
+        handle.set_serving(True)  # it consults `unready` (ours) and `failing` itself
+        return bool(why)
+
+
 def load_runtime(data: bytes, version: int) -> ProbeRuntime:
     """Verify untrusted bundle bytes and build their runtime (BundleError when unusable).
 
@@ -270,9 +365,9 @@ def load_runtime(data: bytes, version: int) -> ProbeRuntime:
             f"version in the manifest is {bundle.version} but the bundle is stored as "
             f"version {version}; republish it with `gati probes publish`"
         )
-    return ProbeRuntime(bundle)
+    return fit_to_serve(bundle)  # intact is not enough: thresholds, widths, finite weights
 
 
 def _close_quietly(pubsub: redis.client.PubSub) -> None:
-    with contextlib.suppress(*REDIS_ERRORS):
+    with contextlib.suppress(Exception):  # in the listener's `finally`: it must not end it
         pubsub.close()

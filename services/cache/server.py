@@ -47,6 +47,7 @@ class CacheServer:
         self.close_clients()
 
     def close_clients(self) -> None:
+        self.metrics.threads.close()  # the threads end on purpose from here on
         self.refresher.close()
         self.store.close()
 
@@ -81,6 +82,8 @@ def build(config: CacheConfig) -> CacheServer:
     if not refresher.sync_once():
         log.warning("no bundles at start: redis %s unreachable; retrying", config.redis_url)
     refresher.start()
+    metrics.threads.guard(handle)  # a dead sync or listener thread: NOT_SERVING
+    refresher.guard_health(handle, config.max_sync_age_seconds)  # stale bundles: NOT_SERVING
     metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
     handle.set_serving(True)
     log.info(

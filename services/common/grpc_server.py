@@ -7,7 +7,11 @@ inline in tens of microseconds.
 
 Building (bind, possibly port 0, return the port) is kept apart from running, so tests start
 real servers in-process cheaply. Health says NOT_SERVING until the service calls
-`set_serving`, and again while draining, so load balancers stop sending before we stop.
+`set_serving`, and again while draining, so load balancers stop sending before we stop; and
+whenever the handle's `failing` names a reason (a dead essential thread: "" and the service
+names, so the liveness probe restarts the pod), whoever asks for SERVING. `unready` reasons
+(stale bundles) turn off only the service names, the readiness probe: a restart would not
+bring Redis back, and would lose the bundles held.
 """
 
 from __future__ import annotations
@@ -35,14 +39,13 @@ class GrpcServer:
     health: health.HealthServicer
     service_names: tuple[str, ...]
     stopped: threading.Event = field(default_factory=threading.Event)
+    # why health must stay NOT_SERVING whoever asks for SERVING ([] : nothing); each guard
+    # (services.common.liveness: dead threads) adds its reasons to what was there
+    failing: Callable[[], list[str]] = field(default=lambda: [])
+    unready: Callable[[], list[str]] = field(default=lambda: [])  # service names only
 
     def set_serving(self, serving: bool = True) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *self.service_names):
+        for name, status in _statuses(self, serving):
             self.health.set(name, status)
 
     def stop(self, grace: float) -> None:
@@ -119,6 +122,8 @@ class AioGrpcServer:
     ) -> None:
         self.service_names = tuple(service_names)
         self.stopped = threading.Event()
+        self.failing: Callable[[], list[str]] = list  # as GrpcServer.failing
+        self.unready: Callable[[], list[str]] = list  # as GrpcServer.unready
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
@@ -154,14 +159,10 @@ class AioGrpcServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def set_serving(self, serving: bool = True) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        statuses = _statuses(self, serving)
 
         async def apply() -> None:
-            for name in ("", *self.service_names):
+            for name, status in statuses:
                 await self.health.set(name, status)
 
         if not self.loop.is_closed():
@@ -181,3 +182,11 @@ class AioGrpcServer:
         """Block until SIGTERM or SIGINT, then drain (main thread only)."""
         wait_for_signal(grace)
         self.stop(grace)
+
+
+def _statuses(handle: GrpcServer | AioGrpcServer, serving: bool) -> list[tuple[str, int]]:
+    """(health name, status) for "" (liveness) and each service name (readiness)."""
+    on, off = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    alive = serving and not handle.failing()
+    ready = alive and not handle.unready()
+    return [("", on if alive else off), *((n, on if ready else off) for n in handle.service_names)]

@@ -6,7 +6,7 @@ live in one test process without clashing.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -34,3 +34,22 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> int | No
         return None
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server.server_port
+
+
+class ThreadMetrics:
+    """Per essential background thread: is it running, and how many unexpected errors did its
+    loop catch and go on from. One family for every service, so one alert covers them all."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.alive = Gauge(
+            "gati_thread_alive",
+            "essential background thread running (1) or dead (0); health is NOT_SERVING at 0",
+            ["thread"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "gati_background_errors",
+            "unexpected errors a background loop caught, logged and went on from",
+            ["thread"],
+            registry=registry,
+        )

@@ -46,6 +46,7 @@ from services.inference.relay import RelaySpec
 
 log = logging.getLogger(__name__)
 
+
 PIPE_BYTES = 1 << 20  # room for thousands of frames if the relay stalls for a moment
 
 
@@ -176,6 +177,7 @@ class CacheClient:
         ]
         for t in self._threads:
             t.start()
+            metrics.threads.watch(t.name, t)  # health turns NOT_SERVING if one ends
 
     # --- request path ------------------------------------------------------------------
     def plan(self, model: str) -> ActivePlan | None:
@@ -320,12 +322,17 @@ class CacheClient:
             cpus=self._relay_cpus,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )
-        self._relay = subprocess.Popen(
-            [sys.executable, "-m", "services.inference.relay", spec.to_json()],
-            pass_fds=(self.handoff.fd, read_fd),
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(read_fd)
+        try:
+            self._relay = subprocess.Popen(
+                [sys.executable, "-m", "services.inference.relay", spec.to_json()],
+                pass_fds=(self.handoff.fd, read_fd),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:  # the supervisor tries again: leak no pipe on the way
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
         with self._lock:
             self._pipe_w = write_fd
 
@@ -333,25 +340,32 @@ class CacheClient:
         """Wait on the relay; start it again (with backoff) if it exits while we run."""
         backoff = Backoff(0.2, 5.0)
         while not self._closed.is_set():
-            relay = self._relay
-            assert relay is not None
-            while not self._closed.is_set():
-                try:
-                    code = relay.wait(timeout=0.25)
-                    break
-                except subprocess.TimeoutExpired:
-                    self._note_connection()
-            else:
-                return
-            with self._lock:
-                os.close(self._pipe_w)  # type: ignore[arg-type]
-                self._pipe_w = None
-            self.handoff.status[CONNECTED] = 0
-            self._metrics.relay_restarts.inc()
-            log.error("lookup relay exited with %s; starting it again", code)
-            if self._closed.wait(backoff.next()):
-                return
-            self._start_relay()
+            try:
+                relay = self._relay
+                assert relay is not None
+                while not self._closed.is_set():
+                    try:
+                        code = relay.wait(timeout=0.25)
+                        break
+                    except subprocess.TimeoutExpired:
+                        self._note_connection()
+                else:
+                    return
+                with self._lock:
+                    if self._pipe_w is not None:  # None: the last start failed half way
+                        os.close(self._pipe_w)
+                    self._pipe_w = None
+                self.handoff.status[CONNECTED] = 0
+                self._metrics.relay_restarts.inc()
+                log.error("lookup relay exited with %s; starting it again", code)
+                if self._closed.wait(backoff.next()):
+                    return
+                self._start_relay()
+            except Exception:  # e.g. no pipe or process could be made: try again later
+                self._metrics.threads.error("cache-relay")
+                log.exception("lookup relay supervision failed; trying again")
+                if self._closed.wait(backoff.next()):
+                    return
 
     def _note_connection(self) -> None:
         connected = self.connected
@@ -367,7 +381,11 @@ class CacheClient:
             self._plan_wakeup.clear()
             if self._closed.is_set() or not self.connected:
                 continue
-            self.refresh_plans()
+            try:
+                self.refresh_plans()
+            except Exception:  # a reply we cannot read: keep the plans held, ask again
+                self._metrics.threads.error("cache-plan")
+                log.exception("plan refresh failed; keeping the plans held, trying again")
 
     def refresh_plans(self) -> None:
         """Re-read every model's plan now (the plan loop, on its timer or when woken)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.liveness import Liveness
 from services.common.metrics import LATENCY_BUCKETS
 
 # Fine below 2 ms, where a lookup's round trip lives (gati bench latency reads its p50 here).
@@ -169,3 +170,5 @@ class InferenceMetrics:
             ["reason"],
             registry=r,
         )
+        # recorder, shadow, cache-plan, cache-relay: alive, and errors their loops went on from
+        self.threads = Liveness(r)

@@ -127,6 +127,7 @@ class Recorder:
         self._background_cpus = background_cpus
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
+        metrics.threads.watch("recorder", self._thread)
 
     # --- request path ----------------------------------------------------------------------
     def submit(self, job: RecordJob) -> bool:
@@ -164,7 +165,8 @@ class Recorder:
             try:
                 self._handle(job)
             except Exception:
-                log.exception("recording request %s failed", job.request_id)
+                self._metrics.threads.error("recorder")
+                log.exception("recording request %s failed; its rows dropped", job.request_id)
                 self._dropped["error"].inc(len(job.rows))
 
     def _handle(self, job: RecordJob) -> None:

@@ -45,6 +45,7 @@ class InferenceServer:
         self.close_clients()
 
     def close_clients(self) -> None:
+        self.metrics.threads.close()  # the threads end on purpose from here on
         if self.shadow is not None:
             self.shadow.close()
         if self.recorder is not None:
@@ -139,6 +140,7 @@ def build(config: InferenceConfig) -> InferenceServer:
         InferenceServicer(engine, metrics), server
     )
     server.start()
+    metrics.threads.guard(handle)  # a dead recorder, shadow pool or cache thread: NOT_SERVING
     metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
     handle.set_serving(True)
     log.info(

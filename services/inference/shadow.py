@@ -46,6 +46,10 @@ class ShadowRunner:
         self._guard = guard
         self._recorder = recorder
         self._record_layers = record_layers or {}
+        # The pool's workers outlive any task (an exception ends up in its future), so what
+        # can die is the pool itself: shadow work then stops, and health says so.
+        self._broken = False
+        metrics.threads.watch("shadow", lambda: not self._broken)
 
     def wanted(self) -> bool:
         return self.fraction > 0 and random.random() < self.fraction
@@ -62,7 +66,15 @@ class ShadowRunner:
         if not self._slots.acquire(blocking=False):
             self._metrics.shadow_skipped.labels(served.name).inc(len(rows))
             return False
-        self._pool.submit(self._run, served, stage, h, rows, request_id, version)
+        try:
+            self._pool.submit(self._run, served, stage, h, rows, request_id, version)
+        except RuntimeError:  # the pool is shut down or broken: never fail the request for it
+            self._slots.release()
+            self._metrics.threads.error("shadow")
+            if not self._broken:  # once, not at every sampled hit from now on
+                log.exception("shadow completions cannot be started any more")
+            self._broken = True
+            return False
         return True
 
     def _run(
@@ -101,7 +113,14 @@ class ShadowRunner:
             if job.rows and self._recorder is not None:
                 self._recorder.submit(job)
         except Exception:
-            log.exception("shadow completion failed; recording its hits without a base label")
+            # counted and logged here: the pool would keep the exception in a future no one reads
+            self._metrics.threads.error("shadow")
+            log.exception(
+                "shadow completion of request %s (%s) failed; recording its hits without a "
+                "base label",
+                request_id,
+                served.name,
+            )
             unlabelled = [rec for *_, rec in rows if rec is not None]
             if unlabelled and self._recorder is not None:
                 self._recorder.submit(RecordJob(served.name, request_id, time.time(), unlabelled))

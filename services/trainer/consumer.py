@@ -48,6 +48,7 @@ class RecordSource:
         max_poll_records: int = 500,
         on_commit_error: Callable[[], None] | None = None,
         on_rejoin: Callable[[str], None] | None = None,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         quiet_kafka_logging()
         self.bootstrap = bootstrap
@@ -58,6 +59,7 @@ class RecordSource:
         self.max_poll_records = max_poll_records
         self._on_commit_error = on_commit_error or (lambda: None)
         self._on_rejoin = on_rejoin or (lambda reason: None)
+        self._on_error = on_error or (lambda: None)  # an unexpected failure, not an outage
         self._consumer: KafkaConsumer | None = None
         self._topic_id: str | None = None
         self._checked = 0.0
@@ -76,6 +78,11 @@ class RecordSource:
         try:
             batches = consumer.poll(timeout_ms=timeout_ms, max_records=self.max_poll_records)
         except KafkaError as exc:
+            self._lost(exc)
+            return []
+        except Exception as exc:  # a client bug or a fetch it cannot parse: start afresh
+            self._on_error()
+            log.exception("Kafka poll failed unexpectedly; rebuilding the consumer")
             self._lost(exc)
             return []
         out = [r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]]

@@ -2,7 +2,9 @@
 
 One thread does everything in order, so the order of side effects is plain:
 1. poll a batch of records; decode each (a malformed one is counted and skipped: data, never
-   code); keep the served model's, count the rest;
+   code); keep the served model's, count the rest; refuse the implausible ones (dated ahead of
+   this clock, older than the window, or not what this model produces: `plausibility`),
+   counted by reason and logged at a bounded rate;
 2. absorb them into the window (duplicates dropped), then commit their offsets: a commit
    means "absorbed", so a crash loses at most an uncommitted batch, re-delivered to the next
    member;
@@ -32,13 +34,15 @@ from gati.probes.bundle import Bundle
 from services.trainer.consumer import RecordSource
 from services.trainer.learner import Learner, RoundResult
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.plausibility import ModelShape, Refusal, RefusalLog, check
 from services.trainer.publisher import Publisher
-from services.trainer.window import Window
+from services.trainer.window import ADDED, STALE, Window
 
 log = logging.getLogger(__name__)
 
 
 MAX_CLOCK_SKEW_S = 300.0  # records dated further ahead of this trainer's clock are refused
+FUTURE, MALFORMED, OTHER_MODEL = "future", "malformed", "other_model"
 
 
 class TrainerLoop:
@@ -73,6 +77,10 @@ class TrainerLoop:
         self._warm: Bundle | None = None  # the last fit, with every candidate probe
         self._last_round = time.monotonic()
         self.rounds: list[RoundResult] = []  # kept for tests and status (bounded below)
+        self.shape = ModelShape.of(learner.model)  # classes and cut channels, found once
+        self.refusals = RefusalLog(log)
+        self._last_added: float | None = None  # monotonic time a record last entered the window
+        metrics.last_record_age.set_function(self.last_record_age)
 
     # --- one step ---------------------------------------------------------------------------
     def step(self) -> int:
@@ -87,25 +95,45 @@ class TrainerLoop:
 
     def absorb(self, values) -> None:  # values: iterable of bytes
         for value in values:
-            try:
-                rec = records.decode(value)
-            except records.RecordError as exc:
-                self.metrics.consumed.labels("malformed").inc()
-                log.debug("malformed record skipped: %s", exc)
-                continue
-            if rec.model != self.model:
-                self.metrics.consumed.labels("other_model").inc()
-                continue
-            if not math.isfinite(rec.time) or rec.time > time.time() + MAX_CLOCK_SKEW_S:
-                # the window keeps records by the newest record's time: one dated years ahead
-                # would push every other record out of it
-                self.metrics.consumed.labels("future").inc()
-                log.debug("record %s/%d dated %s refused", rec.request_id, rec.row, rec.time)
-                continue
-            self.metrics.consumed.labels(self.window.add(rec)).inc()
+            outcome = self._absorb_one(value)
+            self.metrics.consumed.labels(outcome).inc()
+            if outcome == ADDED:
+                self._last_added = time.monotonic()
         stats = self.window.stats()
         self.metrics.window.set(stats.size)
         self.metrics.live_hit_rate.set(stats.hit_rate)
+
+    def _absorb_one(self, value: bytes) -> str:
+        """Decode, check and add one record; its outcome (`consumed{outcome}`)."""
+        try:
+            rec = records.decode(value)
+        except records.RecordError as exc:
+            self.refusals.note(MALFORMED, str(exc))
+            return MALFORMED
+        if rec.model != self.model:
+            return OTHER_MODEL
+        refusal = self._refusal(rec)
+        if refusal is None:
+            outcome = self.window.add(rec)
+            if outcome != STALE:
+                return outcome
+            newest = self.window.stats().newest
+            refusal = Refusal(STALE, f"dated {rec.time}, window's newest {newest}")
+        self.refusals.note(refusal.reason, f"{rec.request_id[:64]}/{rec.row}: {refusal.detail}")
+        return refusal.reason
+
+    def _refusal(self, rec: records.Record) -> Refusal | None:
+        if not math.isfinite(rec.time) or rec.time > time.time() + MAX_CLOCK_SKEW_S:
+            # the window keeps records by the newest record's time: one dated years ahead
+            # would push every other record out of it
+            return Refusal(FUTURE, f"dated {rec.time}")
+        return check(rec, self.shape)
+
+    def last_record_age(self) -> float:
+        """Seconds since a record last entered the window; -1 before the first."""
+        if self._last_added is None:
+            return -1.0
+        return time.monotonic() - self._last_added
 
     def due(self) -> bool:
         stats = self.window.stats()
@@ -186,6 +214,7 @@ class TrainerLoop:
             try:
                 self.step()
             except Exception:  # one bad step must not end learning
-                log.exception("trainer step failed")
+                self.metrics.threads.error("trainer")
+                log.exception("trainer step failed; going on")
                 stop.wait(1.0)
         log.info("trainer loop stopped")

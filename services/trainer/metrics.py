@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.liveness import Liveness
+
 TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -14,9 +16,16 @@ class TrainerMetrics:
         self.consumed = Counter(
             "gati_trainer_records_consumed",
             "activation records read from Kafka, by what became of them",
-            ["outcome"],  # labelled, unlabelled, duplicate, malformed, other_model, future
+            # labelled, unlabelled, duplicate, malformed, other_model; refused as implausible:
+            # future, stale, bad_label, bad_scores, bad_layer, bad_shape, nonfinite
+            ["outcome"],
             registry=r,
         )
+        self.last_record_age = Gauge(
+            "gati_trainer_last_record_age_seconds",
+            "seconds since a labelled record last entered the window (-1: none yet)",
+            registry=r,
+        )  # the loop sets its function: the age is computed at scrape time
         self.window = Gauge(
             "gati_trainer_window_records", "labelled records in the training window", registry=r
         )
@@ -74,3 +83,5 @@ class TrainerMetrics:
         self.redis_errors = Counter(
             "gati_trainer_redis_errors", "Redis operations that failed (retried)", registry=r
         )
+        # trainer (the loop thread): alive, and errors it went on from
+        self.threads = Liveness(r)

@@ -1,8 +1,10 @@
 """Wiring of the trainer service: base model, window, Kafka source, learner, Redis, health.
 
 The gRPC server carries only health and reflection (HEALTH_TRAINER): NOT_SERVING until the
-base model is loaded and the loop thread runs, then SERVING. A broker or Redis that is down
-does not make the trainer unhealthy: it retries, and restarting it would not help.
+base model is loaded and the loop thread runs, then SERVING; NOT_SERVING again, for good, if
+the loop thread ever ends (services.common.liveness): restarting is what helps then. A broker
+or Redis that is down does not make the trainer unhealthy: it retries, and restarting it would
+not help.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class TrainerServer:
 
     def close_clients(self, grace: float = 5.0) -> None:
         """Stop the loop (it finishes its step; a running fit may outlast `grace`), close."""
+        self.metrics.threads.close()  # the loop ends on purpose from here on
         self.stopping.set()
         self.thread.join(grace)
         if self.thread.is_alive():
@@ -68,6 +71,7 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         topic_check_seconds=config.topic_check_seconds,
         on_commit_error=metrics.commit_errors.inc,
         on_rejoin=lambda reason: metrics.rejoins.inc() if reason != "start" else None,
+        on_error=lambda: metrics.threads.error("trainer"),
     )
     learner = Learner(
         model,
@@ -113,6 +117,8 @@ def build(config: TrainerConfig) -> TrainerServer:
     stopping = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stopping,), name="trainer", daemon=True)
     thread.start()
+    metrics.threads.watch("trainer", thread)
+    metrics.threads.guard(handle)  # the loop thread dead: NOT_SERVING
     metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
     handle.set_serving(True)
     log.info(

@@ -10,6 +10,12 @@ The window holds at most `max_records` labelled records and none older than `max
 before the newest one (record time, not the trainer's clock: a replay after a restart must
 not empty the window, and an idle stream keeps what it last saw). Kafka delivers at least
 once, so records are de-duplicated by (request id, row) over a memory a few windows long.
+
+Records far in the past: a record older than the newest one by more than `max_seconds` is
+refused (STALE), however old it is by the trainer's clock. Age by the trainer's clock would
+throw away a replay after an outage, which is still real traffic; but a record already beyond
+the window's age bound would sit at the window's young end (records are kept in arrival
+order) until every record before it aged out, e.g. one with an unset time (0.0).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 
 from gati.records import Record
 
-ADDED, UNLABELLED, DUPLICATE = "labelled", "unlabelled", "duplicate"
+ADDED, UNLABELLED, DUPLICATE, STALE = "labelled", "unlabelled", "duplicate", "stale"
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,9 @@ class Window:
         self._newest = 0.0
 
     def add(self, rec: Record) -> str:
-        """Absorb one record: ADDED, UNLABELLED (counted only) or DUPLICATE (ignored)."""
+        """Absorb one record: ADDED, UNLABELLED (counted only), DUPLICATE or STALE (ignored)."""
+        if rec.time < self._newest - self.max_seconds:
+            return STALE
         key = (rec.request_id, rec.row, rec.labelled)
         if key in self._seen:
             return DUPLICATE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 
@@ -98,6 +99,24 @@ def test_missing_tensor_refused_even_with_a_valid_checksum() -> None:
     resealed = Bundle._sealed(b.manifest, tensors)  # an attacker or a bug recomputed the hash
     with pytest.raises(BundleError, match=r"'layers/layer2.1/w2' .* missing"):
         Bundle.from_bytes(resealed.to_bytes())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(layers=5), "'layers' must be a list"),
+        (lambda m: m.update(candidates="x"), "'candidates' must be a list"),
+        (lambda m: m["layers"][0].update(tensors=[]), "'tensors' must map names to specs"),
+        (lambda m: m["layers"][0]["tensors"].update(w=3), "'tensors' must map names to specs"),
+    ],
+)
+def test_type_confused_manifest_is_a_bundle_error(change, message: str) -> None:
+    """Found by the reliability fuzz: these raised TypeError/AttributeError, not BundleError."""
+    b = _bundle()
+    manifest = copy.deepcopy(b.manifest)
+    change(manifest)
+    with pytest.raises(BundleError, match=message):
+        Bundle.from_bytes(Bundle._sealed(manifest, dict(b.tensors)).to_bytes())
 
 
 def test_wrong_shape_refused() -> None:

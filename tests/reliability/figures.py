@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from tests.reliability.load import Outcomes
 
 MiB = 1 << 20
+BACKGROUND_PATHS = ("announcements", "pointers", "bundle keys", "records")
 
 
 @dataclass
@@ -25,6 +26,11 @@ class Figures:
     records: dict[str, float] = field(default_factory=dict)  # offered, sent, dropped:<reason>
     bad_inputs: Counter[str] = field(default_factory=Counter)  # status code -> count
     bundles_refused: Counter[str] = field(default_factory=Counter)  # reason -> count
+    # fuzzed inputs of the background paths (test_fuzz_background.py)
+    background: Counter[str] = field(default_factory=Counter)  # path -> inputs tried
+    background_refused: Counter[str] = field(default_factory=Counter)  # "side reason" -> count
+    threads_alive: dict[str, bool] = field(default_factory=dict)  # "service thread" -> alive
+    streams_cap: str = ""  # Lookup streams beyond the cache service's cap (test_streams_cap.py)
     notes: list[str] = field(default_factory=list)
 
     def add_load(self, outcomes: Outcomes) -> None:
@@ -60,5 +66,19 @@ class Figures:
         if self.bundles_refused:
             shown = ", ".join(f"{k} {v}" for k, v in sorted(self.bundles_refused.items()))
             out.append(f"hostile bundles refused {sum(self.bundles_refused.values())}: {shown}")
+        if self.background:
+            b = self.background
+            paths = ", ".join(f"{k} {b[k]}" for k in BACKGROUND_PATHS if k in b)
+            refused = self.background_refused
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"
+            dead = sorted(k for k, ok in self.threads_alive.items() if not ok)
+            checked = ", ".join(sorted(self.threads_alive))
+            alive = f"no ({', '.join(dead)})" if dead else f"yes ({checked})" if checked else "?"
+            out.append(
+                f"background-path inputs tried {sum(b.values())} ({paths}), refused by reason "
+                f"{sum(refused.values())}: {shown}; threads alive after: {alive}"
+            )
+        if self.streams_cap:
+            out.append(self.streams_cap)
         out += [f"note: {n}" for n in self.notes]
         return out

@@ -20,6 +20,7 @@ Settings chosen for the suite, and why:
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from gati.api import grpc_service_pb2 as pb
 from gati.api import grpc_service_pb2_grpc as pb_grpc
 from gati.bench.stack import Stack, request, wait_for_bundle
 from gati.local.processes import ManagedProcess, wait_for_health, wait_for_port
+from gati.probes.reductions import grid
 from gati.probes.synthetic import random_bundle
 from gati.store import BundleStore
 from tests.reliability.figures import Figures
@@ -160,6 +162,49 @@ class Rig:
 
     def rss(self) -> dict[str, int]:
         return {name: rss(proc) for name, proc in self.stack.processes.items()}
+
+
+class LookupStream:
+    """One Lookup stream to the cache service, driven synchronously (`ask`: send one, wait for
+    its reply), under a deadline so that no stream outlives a test; `end` closes it."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float = 120.0) -> None:
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._call = cache_pb2_grpc.CacheServiceStub(channel).Lookup(
+            self._requests(), timeout=timeout_s
+        )
+
+    def _requests(self) -> Iterator[cache_pb2.LookupRequest]:
+        while (item := self._outbox.get()) is not None:
+            yield item
+
+    def ask(self, request: cache_pb2.LookupRequest) -> cache_pb2.LookupReply:
+        self._outbox.put(request)
+        return next(self._call)
+
+    def end(self) -> None:
+        self._outbox.put(None)  # lets the request thread finish, refused stream or not
+        try:
+            for _ in self._call:  # drain until the server ends the stream
+                pass
+        except grpc.RpcError:
+            pass  # a refused or failed stream ends with its error again
+
+
+def lookup_request(
+    layer: str, reduction: str, seq: int = 0, request_id: str = "reliability"
+) -> cache_pb2.LookupRequest:
+    """A one-row lookup of zeros at one of the suite's cuts (any answer will do)."""
+    dims = LAYERS[layer][1] * grid(reduction) ** 2
+    x = np.zeros((1, dims), np.float32)
+    return cache_pb2.LookupRequest(
+        seq=seq,
+        request_id=request_id,
+        model=MODEL,
+        layer=layer,
+        activation=cache_pb2.Tensor(dtype="float32", shape=[1, dims], data=x.tobytes()),
+        rows=[0],
+    )
 
 
 def unaccounted(records: dict[str, float]) -> float:

@@ -49,7 +49,7 @@ def _value(i: int) -> bytes:
         f"req-{i}",
         0,
         float(i),
-        {"layer1.1": records.to_wire(np.full(16, i % 7, np.float32), 1)},  # [C*G*G]
+        {"layer1.1": records.to_wire(np.full(16, i % 7, np.float32), 16)},  # 16 channels, pool1
         base_label=i % 10,
         base_scores=np.zeros(10, np.float32),
     )
