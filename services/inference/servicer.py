@@ -117,6 +117,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         served = self.engine.get(request.model_name, request.model_version)
         self.metrics.requests.labels(served.name).inc()
         with self.metrics.latency.labels(served.name).time():
+            if len(request.id.encode()) > names.MAX_REQUEST_ID_BYTES:  # it travels in records
+                raise InvalidArgument(
+                    f"request id is longer than {names.MAX_REQUEST_ID_BYTES} bytes (UTF-8)"
+                )
             batch = self._decode(request, served)
             wanted = self._wanted_outputs(request)
             caches = _bool_param(request, names.PARAM_CACHES, True)

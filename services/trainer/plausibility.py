@@ -7,6 +7,7 @@ round fail on stacking (one odd shape among thousands), so the trainer refuses i
 enters the window, counts it by reason and logs the refusals at a bounded rate.
 
 Outcomes (values of `gati_trainer_records_consumed{outcome}`):
+- `bad_request_id`: a request id over names.MAX_REQUEST_ID_BYTES (256) UTF-8 bytes;
 - `bad_label`: `base_label` or `served_label` outside 0..classes-1 (`served_label` -1, the
   `Record` default for "not stated", is allowed: the trainer never learns from it);
 - `bad_scores`: `base_scores` not one score per class;
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gati import names
 from gati.models import StagedModel
 from gati.records import GRID_REDUCTION, Record
 
-BAD_LABEL, BAD_SCORES, BAD_LAYER, BAD_SHAPE, NONFINITE = (
+BAD_REQUEST_ID, BAD_LABEL, BAD_SCORES, BAD_LAYER, BAD_SHAPE, NONFINITE = (
+    "bad_request_id",
     "bad_label",
     "bad_scores",
     "bad_layer",
@@ -63,7 +66,21 @@ class ModelShape:
 
 def check(rec: Record, shape: ModelShape) -> Refusal | None:
     """Why `rec` cannot come from the model `shape` describes; None when it is plausible."""
-    return _labels(rec, shape.classes) or _scores(rec, shape.classes) or _activations(rec, shape)
+    return (
+        _request_id(rec)
+        or _labels(rec, shape.classes)
+        or _scores(rec, shape.classes)
+        or _activations(rec, shape)
+    )
+
+
+def _request_id(rec: Record) -> Refusal | None:
+    """The inference service refuses longer ids, so no record of its carries one; the window
+    keys by id, so a long one would cost memory for nothing."""
+    size = len(rec.request_id.encode())
+    if size > names.MAX_REQUEST_ID_BYTES:
+        return Refusal(BAD_REQUEST_ID, f"request id of {size} bytes")
+    return None
 
 
 def _labels(rec: Record, classes: int) -> Refusal | None:

@@ -147,6 +147,9 @@ def _bad_requests(x: np.ndarray) -> list[tuple[str, pb.ModelInferRequest, grpc.S
     cases.append(("raw and typed", r, grpc.StatusCode.INVALID_ARGUMENT, "both"))
     r = infer_request("cifar", x[:0])
     cases.append(("empty batch", r, grpc.StatusCode.INVALID_ARGUMENT, "empty batch"))
+    r = infer_request("cifar", x[:1])
+    r.id = "i" * 257  # ids travel in activation records: bounded before anything is stored
+    cases.append(("long id", r, grpc.StatusCode.INVALID_ARGUMENT, "longer than 256 bytes"))
     cases.append(
         (
             "too large batch",

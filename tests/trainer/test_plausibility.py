@@ -28,6 +28,7 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.plausibility import (
     BAD_LABEL,
     BAD_LAYER,
+    BAD_REQUEST_ID,
     BAD_SCORES,
     BAD_SHAPE,
     NONFINITE,
@@ -67,6 +68,8 @@ def test_a_record_the_model_could_produce_passes() -> None:
 @pytest.mark.parametrize(
     ("change", "reason", "says"),
     [
+        ({"request_id": "r" * 257}, BAD_REQUEST_ID, "257 bytes"),
+        ({"request_id": "é" * 129}, BAD_REQUEST_ID, "258 bytes"),
         ({"base_label": 99}, BAD_LABEL, "base_label 99"),
         ({"base_label": -1}, BAD_LABEL, "base_label -1"),
         ({"base_label": 10}, BAD_LABEL, "10-class"),
