@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--report", help="write a Markdown report here")
     parser.add_argument("--log-dir", help="keep service logs here")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave every process to the OS scheduler (both servers), as `gati up --no-pin`",
+    )
 
 
 # --- histograms scraped from the inference service ---------------------------------------------
@@ -268,8 +273,11 @@ def measure(args: argparse.Namespace, logs: Path) -> dict:
             args.arch,
             args.weights,
             inference_args=("--exact-cache-entries", "0"),
+            pin=not args.no_pin,
         ) as stack,
-        plain_server(logs / "plain", MODEL, args.arch, args.weights) as plain_port,
+        plain_server(
+            logs / "plain", MODEL, args.arch, args.weights, pin=not args.no_pin
+        ) as plain_port,
     ):
         bare = pingpong()
         delay = 0.0

@@ -234,12 +234,15 @@ def local_stack(
 
 
 @contextmanager
-def plain_server(log_dir: Path, model: str, arch: str, weights: str) -> Iterator[int]:
+def plain_server(
+    log_dir: Path, model: str, arch: str, weights: str, *, pin: bool = True
+) -> Iterator[int]:
     """The baseline: a separate `gati serve inference` with caches, records and the exact
     cache off, at its best setting (its defaults: one torch thread, on the model's core as
-    the stack's inference service is). Yields its gRPC port."""
+    the stack's inference service is; `pin` False: wherever the OS puts it). Yields its gRPC
+    port."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    model_cpus, _ = cpus.one_machine_layout()
+    model_cpus, _ = cpus.one_machine_layout() if pin else ("", "")
     with ExitStack() as stop:
         port = free_port()
         _service(

@@ -35,6 +35,7 @@ from services.common.backoff import Backoff
 from services.inference.handoff import (
     CONNECTED,
     CONSUMED,
+    ERROR_FLAG,
     NCHW,
     NHWC,
     REPLIED,
@@ -59,13 +60,17 @@ class ActivePlan:
     layers: dict[int, tuple[str, str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
+    hits: int  # rows that hit; 0 for a miss or an error (then the arrays are left empty)
     hit: np.ndarray  # [rows] bool
     label: np.ndarray  # [rows] int32
     confidence: np.ndarray  # [rows] float32
     version: int
     error: bool
+
+
+_NONE = np.zeros(0, bool)
 
 
 class PendingLookup:
@@ -78,6 +83,7 @@ class PendingLookup:
         "replied_at",
         "reply",
         "rows",
+        "seen_stage",
         "sent_at",
         "seq",
         "stage",
@@ -95,6 +101,7 @@ class PendingLookup:
         self.reply: Reply | None = None
         self.sent_at = time.perf_counter()
         self.replied_at = 0.0  # when the relay made the reply usable (0: not seen)
+        self.seen_stage = -1  # the stage after which the model's thread first saw the reply
 
     def poll(self) -> Reply | None:
         if self.reply is not None:
@@ -102,14 +109,18 @@ class PendingLookup:
         h, s = self._handoff, self.seq % self._handoff.slots
         if h.seq[s] != self.seq:
             return None
-        n = int(h.rows[s])
-        reply = Reply(
-            h.hit[s, :n].astype(bool),
-            h.label[s, :n].copy(),
-            h.confidence[s, :n].copy(),
-            int(h.version[s]),
-            bool(h.error[s]),
-        )
+        flags = int(h.flags[s])
+        error, hits = bool(flags & ERROR_FLAG), 0 if flags & ERROR_FLAG else flags >> 1
+        if hits:  # only a hit needs the rows: a miss is read from the header alone
+            n = int(h.rows[s])
+            hit, label, conf = (
+                h.hit[s, :n].astype(bool),
+                h.label[s, :n].copy(),
+                h.confidence[s, :n].copy(),
+            )
+        else:
+            hit = label = conf = _NONE
+        reply = Reply(hits, hit, label, conf, int(h.version[s]), error)
         replied_at = float(h.replied_at[s])
         if h.seq[s] != self.seq:  # overwritten while we copied (seqlock): not ours any more
             return None

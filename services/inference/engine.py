@@ -315,7 +315,7 @@ class Engine:
             st.pending.remove(p)
             self.cache.note_reply(p, stage)  # type: ignore[union-attr]
             reply = p.reply
-            if reply.error or not reply.hit.any():  # type: ignore[union-attr]
+            if not reply.hits:  # type: ignore[union-attr]  # a miss or an error
                 continue
             for row, is_hit, label, conf in zip(
                 p.rows,

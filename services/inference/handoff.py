@@ -11,7 +11,8 @@ replies from shared memory between stages: no GIL, no thread wake-up on its path
 Layout of one shared mapping (`Handoff`):
 - a status block: counters written by the relay (one writer each), read by the model side;
 - a reply table of `slots` entries, indexed by lookup `seq % slots`: seq, bundle version,
-  time the reply became usable, row count, error flag, then hit/label/confidence per row. The
+  time the reply became usable, row count, flags (error bit, hit count: a miss is read from
+  the header alone), then hit/label/confidence per row. The
   relay writes a slot seqlock style (seq 0, payload, then the real seq), so a reader that sees
   its seq before and after copying the payload holds a whole reply;
 - an arena of `arena_slots` fixed-size slots the model side copies activations into, slot
@@ -50,7 +51,8 @@ DROPPED_DOWN = 4  # relay: frames dropped because the stream was down
 STREAMS = 5  # relay: streams opened (1 + reconnects)
 STATUS_BYTES = STATUS_CELLS * 8
 
-SLOT_HEADER = 32  # seq u64, version i64, replied_at f64, rows u32, error u32
+SLOT_HEADER = 32  # seq u64, version i64, replied_at f64, rows u32, flags u32
+ERROR_FLAG = 1  # flags: bit 0 says the reply is an error; flags >> 1 is the count of hit rows
 
 
 NCHW, NHWC = 0, 1  # memory order of a raw activation in its slot
@@ -154,7 +156,7 @@ class Handoff:
         self.version = column("<i8", 8)
         self.replied_at = column("<f8", 16)
         self.rows = column("<u4", 24)
-        self.error = column("<u4", 28)
+        self.flags = column("<u4", 28)
         self.hit = rows("u1", SLOT_HEADER, 1)
         self.label = rows("<i4", SLOT_HEADER + r, 4)
         self.confidence = rows("<f4", SLOT_HEADER + 5 * r, 4)
@@ -196,7 +198,7 @@ class Handoff:
         self.version[s] = version
         self.replied_at[s] = replied_at
         self.rows[s] = n
-        self.error[s] = 1 if error else 0
+        self.flags[s] = (int(np.count_nonzero(hit[:n])) << 1) | (ERROR_FLAG if error else 0)
         if n:
             self.hit[s, :n] = hit[:n]
             self.label[s, :n] = label[:n]
@@ -219,7 +221,7 @@ class Handoff:
 
     def close(self) -> None:
         """Unmap (once no view of ours is in use any more) and close the fd."""
-        for name in ("status", "seq", "version", "replied_at", "rows", "error", "hit", "label"):
+        for name in ("status", "seq", "version", "replied_at", "rows", "flags", "hit", "label"):
             delattr(self, name)
         del self.confidence, self.arena
         with contextlib.suppress(BufferError):  # a caller still holds a view: the GC unmaps
