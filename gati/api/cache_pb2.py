@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gati/api/cache.proto\x12\x07gati.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x99\x01\n\rLookupRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12#\n\nactivation\x18\x05 \x01(\x0b\x32\x0f.gati.v1.Tensor\x12\x16\n\x0e\x62undle_version\x18\x06 \x01(\x03\x12\x0c\n\x04rows\x18\x07 \x03(\x05\"\x94\x01\n\x0bLookupReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x0b\n\x03hit\x18\x04 \x03(\x08\x12\r\n\x05label\x18\x05 \x03(\x05\x12\x12\n\nconfidence\x18\x06 \x03(\x02\x12\x16\n\x0e\x62undle_version\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"\x1c\n\x0bPlanRequest\x12\r\n\x05model\x18\x01 \x01(\t\"-\n\tLayerPlan\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\treduction\x18\x02 \x01(\t\"l\n\x04Plan\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12\"\n\x06layers\x18\x04 \x03(\x0b\x32\x12.gati.v1.LayerPlan\"\x0f\n\rStatusRequest\"j\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x15\n\ractive_layers\x18\x03 \x03(\t\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\"]\n\x0bStatusReply\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.gati.v1.ModelStatus\x12\x17\n\x0f\x62undles_refused\x18\x02 \x01(\x04\x12\x0f\n\x07reloads\x18\x03 \x01(\x04\x32\xb8\x01\n\x0c\x43\x61\x63heService\x12<\n\x06Lookup\x12\x16.gati.v1.LookupRequest\x1a\x14.gati.v1.LookupReply\"\x00(\x01\x30\x01\x12\x30\n\x07GetPlan\x12\x14.gati.v1.PlanRequest\x1a\r.gati.v1.Plan\"\x00\x12\x38\n\x06Status\x12\x16.gati.v1.StatusRequest\x1a\x14.gati.v1.StatusReply\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gati/api/cache.proto\x12\x07gati.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa9\x01\n\rLookupRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12#\n\nactivation\x18\x05 \x01(\x0b\x32\x0f.gati.v1.Tensor\x12\x16\n\x0e\x62undle_version\x18\x06 \x01(\x03\x12\x0c\n\x04rows\x18\x07 \x03(\x05\x12\x0e\n\x06labels\x18\x08 \x03(\x05\"\x94\x01\n\x0bLookupReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x0b\n\x03hit\x18\x04 \x03(\x08\x12\r\n\x05label\x18\x05 \x03(\x05\x12\x12\n\nconfidence\x18\x06 \x03(\x02\x12\x16\n\x0e\x62undle_version\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"\x1c\n\x0bPlanRequest\x12\r\n\x05model\x18\x01 \x01(\t\"-\n\tLayerPlan\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\treduction\x18\x02 \x01(\t\"\x81\x01\n\x04Plan\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12\"\n\x06layers\x18\x04 \x03(\x0b\x32\x12.gati.v1.LayerPlan\x12\x13\n\x0blive_labels\x18\x05 \x01(\x08\"\x0f\n\rStatusRequest\"j\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x15\n\ractive_layers\x18\x03 \x03(\t\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\"]\n\x0bStatusReply\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.gati.v1.ModelStatus\x12\x17\n\x0f\x62undles_refused\x18\x02 \x01(\x04\x12\x0f\n\x07reloads\x18\x03 \x01(\x04\x32\xb8\x01\n\x0c\x43\x61\x63heService\x12<\n\x06Lookup\x12\x16.gati.v1.LookupRequest\x1a\x14.gati.v1.LookupReply\"\x00(\x01\x30\x01\x12\x30\n\x07GetPlan\x12\x14.gati.v1.PlanRequest\x1a\r.gati.v1.Plan\"\x00\x12\x38\n\x06Status\x12\x16.gati.v1.StatusRequest\x1a\x14.gati.v1.StatusReply\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=33
   _globals['_TENSOR']._serialized_end=85
   _globals['_LOOKUPREQUEST']._serialized_start=88
-  _globals['_LOOKUPREQUEST']._serialized_end=241
-  _globals['_LOOKUPREPLY']._serialized_start=244
-  _globals['_LOOKUPREPLY']._serialized_end=392
-  _globals['_PLANREQUEST']._serialized_start=394
-  _globals['_PLANREQUEST']._serialized_end=422
-  _globals['_LAYERPLAN']._serialized_start=424
-  _globals['_LAYERPLAN']._serialized_end=469
-  _globals['_PLAN']._serialized_start=471
-  _globals['_PLAN']._serialized_end=579
-  _globals['_STATUSREQUEST']._serialized_start=581
-  _globals['_STATUSREQUEST']._serialized_end=596
-  _globals['_MODELSTATUS']._serialized_start=598
-  _globals['_MODELSTATUS']._serialized_end=704
-  _globals['_STATUSREPLY']._serialized_start=706
-  _globals['_STATUSREPLY']._serialized_end=799
-  _globals['_CACHESERVICE']._serialized_start=802
-  _globals['_CACHESERVICE']._serialized_end=986
+  _globals['_LOOKUPREQUEST']._serialized_end=257
+  _globals['_LOOKUPREPLY']._serialized_start=260
+  _globals['_LOOKUPREPLY']._serialized_end=408
+  _globals['_PLANREQUEST']._serialized_start=410
+  _globals['_PLANREQUEST']._serialized_end=438
+  _globals['_LAYERPLAN']._serialized_start=440
+  _globals['_LAYERPLAN']._serialized_end=485
+  _globals['_PLAN']._serialized_start=488
+  _globals['_PLAN']._serialized_end=617
+  _globals['_STATUSREQUEST']._serialized_start=619
+  _globals['_STATUSREQUEST']._serialized_end=634
+  _globals['_MODELSTATUS']._serialized_start=636
+  _globals['_MODELSTATUS']._serialized_end=742
+  _globals['_STATUSREPLY']._serialized_start=744
+  _globals['_STATUSREPLY']._serialized_end=837
+  _globals['_CACHESERVICE']._serialized_start=840
+  _globals['_CACHESERVICE']._serialized_end=1024
 # @@protoc_insertion_point(module_scope)

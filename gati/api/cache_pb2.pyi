@@ -17,7 +17,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("seq", "request_id", "model", "layer", "activation", "bundle_version", "rows")
+    __slots__ = ("seq", "request_id", "model", "layer", "activation", "bundle_version", "rows", "labels")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class LookupRequest(_message.Message):
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     request_id: str
     model: str
@@ -32,7 +33,8 @@ class LookupRequest(_message.Message):
     activation: Tensor
     bundle_version: int
     rows: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., layer: _Optional[str] = ..., activation: _Optional[_Union[Tensor, _Mapping]] = ..., bundle_version: _Optional[int] = ..., rows: _Optional[_Iterable[int]] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., layer: _Optional[str] = ..., activation: _Optional[_Union[Tensor, _Mapping]] = ..., bundle_version: _Optional[int] = ..., rows: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LookupReply(_message.Message):
     __slots__ = ("seq", "request_id", "layer", "hit", "label", "confidence", "bundle_version", "error")
@@ -69,16 +71,18 @@ class LayerPlan(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., reduction: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("model", "bundle_version", "model_fingerprint", "layers")
+    __slots__ = ("model", "bundle_version", "model_fingerprint", "layers", "live_labels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_LABELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     bundle_version: int
     model_fingerprint: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerPlan]
-    def __init__(self, model: _Optional[str] = ..., bundle_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ...) -> None: ...
+    live_labels: bool
+    def __init__(self, model: _Optional[str] = ..., bundle_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., live_labels: _Optional[bool] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

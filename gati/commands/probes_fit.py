@@ -90,6 +90,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows the shipped novelty memories hold",
     )
     parser.add_argument("--memory-reduction", default="pool2", choices=("pool1", "pool2", "pool4"))
+    parser.add_argument(
+        "--no-live",
+        action="store_true",
+        help="ship no live memory rule (by default each active layer gets one: answer a request "
+        "whose --live-k nearest recent requests share one base label within a radius calibrated "
+        "by replaying the fit's rows in order; radius 0 when that would miss --target)",
+    )
+    parser.add_argument("--live-k", type=int, default=5, help="live memory: neighbours to agree")
+    parser.add_argument(
+        "--live-capacity",
+        type=int,
+        default=1024,
+        help="live memory: recent requests remembered in the replay (as the cache service will)",
+    )
+    parser.add_argument(
+        "--live-reduction",
+        default="pool1",
+        choices=("pool1", "pool2", "pool4"),
+        help="live memory keys' grid (coarsened to the probe's input if finer)",
+    )
     parser.add_argument("--target", type=float, default=0.99, help="cascade agreement target")
     parser.add_argument(
         "--calibration",
@@ -157,6 +177,10 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         max_probes=args.max_probes,
         memory_budget_bytes=int(args.memory_budget_mb * (1 << 20)),
         keep_candidates=not args.no_candidates,
+        live=not args.no_live,
+        live_k=args.live_k,
+        live_capacity=args.live_capacity,
+        live_reduction=args.live_reduction,
     )
 
 
@@ -213,6 +237,14 @@ def run(args: argparse.Namespace) -> int:
             }
         ),
     )
+    for live in fit.get("live", []):
+        agreement = live["agreement"] if live["agreement"] is not None else "-"
+        print(
+            f"live memory {live['layer']}: radius {live['radius']:.4g} ({live['reduction']}, "
+            f"k={live['k']}): answers {live['share']:.1%} of {live['rows']} replayed rows at "
+            f"agreement {agreement} over {live['units']} units"
+            + ("" if live["radius"] > 0 else " (off: no radius reached the target)")
+        )
     print(
         f"expected speedup on calibration rows: {fit['speedup_calibration']:.2f}x "
         f"({cost.describe()['assumes']})"

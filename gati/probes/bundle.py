@@ -14,6 +14,9 @@ Manifest (format_version 1), the fields a reader relies on:
     (ISO-8601 UTC), num_classes, agreement_target, layers (the plan, stage order; may be empty),
     candidates (optional: inactive probes kept for analysis), and per layer entry: layer,
     variant, reduction, channels, input_dim, tensors {name: {dtype, shape}}, ... ; checksum.
+    Optional per active layer `live` {reduction, k, radius} with tensors <prefix>live_mu and
+    <prefix>live_scale: the cache service's live memory rule (`gati.probes.live`), calibrated
+    by the fit (`gati.probes.live_calibration`); radius 0 means the rule is off.
     Optional `cuts` (written by the fit): the model's cut points in stage order, as
     [{name, channels}] (channels null where no records were fitted), which the cache service
     checks probe widths against (`gati.probes.fitness`).

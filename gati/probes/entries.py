@@ -13,6 +13,7 @@ import numpy as np
 
 from gati.probes.bundle import tensor_spec
 from gati.probes.features import NoveltyMemory
+from gati.probes.live import LiveRule
 from gati.probes.reductions import grid
 from gati.probes.selectors import Selector
 from gati.probes.variants import spec
@@ -36,9 +37,11 @@ def layer_entry(
     selector: Selector | None = None,
     memory: NoveltyMemory | None = None,
     threshold: float = 1.0,
+    live: LiveRule | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(manifest entry, {full tensor name: array}) for one probe."""
+    """(manifest entry, {full tensor name: array}) for one probe. `live`: the live memory's
+    rule, shipped as params "live" {reduction, k, radius} and tensors live_mu, live_scale."""
     # float weights travel as float32; a knn probe's memory keeps float16 keys and int labels
     roles = {
         k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else np.asarray(v)
@@ -54,6 +57,8 @@ def layer_entry(
         mem = memory.tensors()
         memory_bytes = int(sum(v.nbytes for v in mem.values()))
         roles.update(mem)
+    if live is not None:
+        roles.update(live.tensors())
     tensors = {prefix + k: v for k, v in roles.items()}
     reduction = spec(variant).reduction
     entry: dict[str, Any] = {
@@ -78,6 +83,7 @@ def layer_entry(
             else None
         ),
         "threshold": float(threshold),
+        **({"live": live.manifest()} if live is not None else {}),
         "tensors": {name: tensor_spec(t) for name, t in sorted(tensors.items())},
     }
     entry.update(dict(extra or {}))

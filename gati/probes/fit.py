@@ -10,7 +10,9 @@ The one entry point both the offline CLI and the online trainer call:
    are pruned one at a time);
 5. thresholds for the whole cascade are calibrated on the threshold rows alone, which no
    earlier step looked at (the guarantee mode's statement needs that);
-6. the bundle: active probes with selectors, thresholds and memories; optionally every
+6. the live memory's rule per active layer, from replaying every row in stream order
+   (`gati.probes.live_calibration`);
+7. the bundle: active probes with selectors, thresholds and memories; optionally every
    candidate probe (for analysis, e.g. the oracle over all cuts).
 Records carry "pool4" for every cut; coarser reductions are derived exactly with `refine`.
 """
@@ -40,6 +42,7 @@ from gati.probes.features import (
     memory_reduction,
     probe_output,
 )
+from gati.probes.live_calibration import calibrate_live
 from gati.probes.packaging import assemble
 from gati.probes.planning import calibrate_plan, choose, plan_scores, plan_selectors
 from gati.probes.reductions import REDUCTIONS, refine
@@ -85,6 +88,13 @@ class FitConfig:
     prune: bool = True
     keep_candidates: bool = False  # ship every trained probe (inactive) for analysis
     lookup_reps: int = 100  # timing repetitions per candidate lookup
+    # The live memory rule per active layer (gati.probes.live_calibration): calibrated by
+    # replaying the window in order through a memory of `live_capacity` rows, as the cache
+    # service will hold it; keys at `live_reduction` (coarsened to the probe's if finer).
+    live: bool = True
+    live_k: int = 5
+    live_reduction: str = "pool1"
+    live_capacity: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -114,6 +124,13 @@ class FitConfig:
                 raise ValueError(f"{name} must be within [0, 1)")
         if self.max_probes < 1 or self.memory_size < 0 or self.knn < 1:
             raise ValueError("max_probes and knn must be >= 1, memory_size >= 0")
+        if self.live_reduction not in REDUCTIONS:
+            raise ValueError(f"live_reduction must be one of {', '.join(REDUCTIONS)}")
+        if self.live_k < 1 or self.live_capacity < self.live_k:
+            raise ValueError(
+                f"live memory needs live_k >= 1 and live_capacity >= live_k "
+                f"(got {self.live_k}, {self.live_capacity})"
+            )
 
     @property
     def uses_novelty(self) -> bool:
@@ -212,6 +229,11 @@ def fit_bundle(
         expected, exits = cost.full_ms, np.full(len(split.threshold), -1)
     if cfg.memory_rows == "window" and chosen:
         chosen = _window_memories(chosen, selectors, acts, base_label, cfg)
+    live = (
+        calibrate_live(chosen, acts, SOURCE, base_label, split.train, groups, cfg, say)
+        if cfg.live
+        else {}
+    )
     return assemble(
         chosen,
         selectors,
@@ -227,6 +249,7 @@ def fit_bundle(
         fingerprint=fingerprint,
         version=version,
         num_classes=k,
+        live=live,
     )
 
 

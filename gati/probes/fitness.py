@@ -75,6 +75,8 @@ def bundle_problems(bundle: Bundle) -> Iterator[str]:
     yield from problems
     for entry in [*bundle.layers, *bundle.candidates]:
         yield from _entry_problems(entry, cuts)
+        where = f"layer {entry.get('layer')!r} ({entry.get('variant')})"
+        yield from (f"{where}: {p}" for p in _live_problems(entry, bundle.layer_tensors(entry)))
     yield from _order_problems(bundle, cuts)
     yield from _calibration_problems(m.get("fit"))
     yield from _tensor_problems(bundle.tensors, num_classes)
@@ -198,6 +200,38 @@ def _selector_problems(entry: Mapping[str, Any]) -> Iterator[str]:
             yield f"novelty size must be an int >= 0, got {novelty.get('size')!r}"
         if novelty.get("reduction") not in REDUCTIONS:
             yield f"novelty reduction {novelty.get('reduction')!r} is unknown"
+
+
+def _live_problems(entry: Mapping[str, Any], roles: Mapping[str, np.ndarray]) -> Iterator[str]:
+    """The live memory's rule: keys no finer than what a lookup carries (the probe's input),
+    k >= 1, a finite radius >= 0 (a negative or NaN one would answer everything or nothing
+    by accident), and standardisation tensors of the keys' width."""
+    live = entry.get("live")
+    if live is None:
+        return
+    if not isinstance(live, dict):
+        yield f"live must be an object {{reduction, k, radius}}, got {live!r}"
+        return
+    reduction, probe_reduction = live.get("reduction"), entry.get("reduction")
+    if reduction not in REDUCTIONS:
+        yield f"live reduction {reduction!r} is unknown; valid: {', '.join(REDUCTIONS)}"
+        reduction = None
+    elif probe_reduction in REDUCTIONS and grid(reduction) > grid(probe_reduction):
+        yield f"live reduction {reduction} is finer than the probe's input {probe_reduction}"
+    if not (_is_int(live.get("k")) and live["k"] >= 1):
+        yield f"live k must be an int >= 1, got {live.get('k')!r}"
+    if not _non_negative(live.get("radius")):
+        yield f"live radius must be a finite number >= 0, got {live.get('radius')!r}"
+    channels = entry.get("channels")
+    dim = channels * grid(reduction) ** 2 if reduction and _is_int(channels) else None
+    for name in ("live_mu", "live_scale"):
+        t = roles.get(name)
+        if t is None:
+            yield f"live memory tensor {name!r} is missing"
+        elif dim is not None and t.shape != (dim,):
+            yield f"{name} has shape {list(t.shape)}, the keys have {dim} values"
+        elif not np.isfinite(t).all() or (name == "live_scale" and not (t > 0).all()):
+            yield f"{name} must be finite" + (" and > 0" if name == "live_scale" else "")
 
 
 def _order_problems(bundle: Bundle, cuts: Mapping[str, int | None] | None) -> Iterator[str]:

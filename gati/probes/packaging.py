@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +12,7 @@ from gati.probes.calibration import Calibration
 from gati.probes.candidates import ProbeCandidate
 from gati.probes.costs import CostModel
 from gati.probes.entries import active_prefix, candidate_prefix, layer_entry
+from gati.probes.live_calibration import LiveCalibration
 from gati.probes.selection import uses_memory
 from gati.probes.selectors import Selector
 from gati.probes.splits import Split
@@ -36,7 +37,10 @@ def assemble(
     fingerprint: str,
     version: int,
     num_classes: int,
+    live: Mapping[str, LiveCalibration] | None = None,
 ) -> Bundle:
+    """`live`: layer -> calibrated live memory rule, shipped in that layer's entry."""
+    live = live or {}
     entries, tensors = [], {}
     for i, (c, sel) in enumerate(zip(chosen, selectors, strict=True)):
         hits = exits == i
@@ -49,6 +53,7 @@ def assemble(
             selector=sel,
             memory=c.memory if uses_memory(sel) else None,
             threshold=calib.thresholds[i],
+            live=live[c.layer].rule if c.layer in live else None,
             extra={
                 "calibration_size": len(split.threshold),
                 "lookup_cost_ms": round(c.lookup_ms, 5),
@@ -81,6 +86,7 @@ def assemble(
         "config": cfg.report(),
         "split": split.sizes(),
         "calibration": calib.report(),
+        "live": [live[c.layer].report() for c in chosen if c.layer in live],
         "cost_model": cost.describe(),
         "expected_ms_calibration": round(expected, 5),
         "speedup_calibration": round(cost.full_ms / expected, 4),

@@ -27,6 +27,8 @@ from gati.probes.features import (
     memory_from_roles,
     probe_output,
 )
+from gati.probes.live import LiveRule
+from gati.probes.reductions import grid
 from gati.probes.selectors import Selector, selector_from_manifest
 from gati.probes.variants import Predictor, spec
 
@@ -68,6 +70,15 @@ class LayerProbe:
         if self.memory is None and any(f in self.selector.features for f in NOVELTY_FEATURES):
             raise ValueError("selector reads novelty features but the entry has no novelty memory")
         self.threshold = float(entry.get("threshold", 1.0))
+        live = entry.get("live")  # the live memory's rule; None: the bundle ships none
+        self.live: LiveRule | None = (
+            LiveRule.from_entry(live, roles, self.channels) if live is not None else None
+        )
+        if self.live is not None and grid(self.live.reduction) > grid(self.reduction):
+            raise ValueError(
+                f"live memory keys at {self.live.reduction} are finer than the probe's "
+                f"input ({self.reduction}), which is all a lookup carries"
+            )
         self.entry = dict(entry)
         # The one-row path reads plain floats: weight per named feature, per-class offsets.
         names = self.selector.features
@@ -172,6 +183,11 @@ class ProbeRuntime:
                 f"no active probe at layer {layer!r} in bundle v{self.version}; "
                 f"active: {', '.join(self._probes) or '(none)'}"
             ) from None
+
+    @property
+    def live_active(self) -> bool:
+        """Some active layer's live rule can answer (its calibrated radius is above 0)."""
+        return any(p.live is not None and p.live.active for p in self._probes.values())
 
     def input_dim(self, layer: str) -> int:
         return self.probe(layer).input_dim

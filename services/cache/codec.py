@@ -82,12 +82,14 @@ def error_reply(
     )
 
 
-def encode_plan(model: str, runtime: ProbeRuntime) -> cache_pb2.Plan:
+def encode_plan(model: str, runtime: ProbeRuntime, live: bool) -> cache_pb2.Plan:
+    """`live`: this service keeps a live memory, so active rules want labels."""
     return cache_pb2.Plan(
         model=model,
         bundle_version=runtime.version,
         model_fingerprint=runtime.model_fingerprint,
         layers=[cache_pb2.LayerPlan(layer=lay, reduction=red) for lay, red in runtime.layers],
+        live_labels=live and runtime.live_active,
     )
 
 

@@ -33,6 +33,8 @@ class CacheConfig:
     max_sync_age_seconds: float = _f(
         300.0, "health NOT_SERVING after this long without a Redis sync (0: never)"
     )
+    live_rows: int = _f(1024, "rows each (model, layer) live memory holds, oldest out (0: off)")
+    live_ttl_seconds: float = _f(600.0, "a live memory row no longer answers after this")
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
@@ -40,6 +42,8 @@ class CacheConfig:
         require(self.state_entries >= 1, "state_entries", "must be at least 1")
         require(self.state_ttl_seconds > 0, "state_ttl_seconds", "must be positive")
         require(self.max_streams >= 1, "max_streams", "must be at least 1")
+        require(self.live_rows >= 0, "live_rows", "must be at least 0 (0: off)")
+        require(self.live_ttl_seconds > 0, "live_ttl_seconds", "must be positive")
         require(self.stream_idle_seconds > 0, "stream_idle_seconds", "must be positive")
         require(self.redis_timeout_seconds > 0, "redis_timeout_seconds", "must be positive")
         require(self.redis_backoff_max_seconds > 0, "redis_backoff_max_seconds", "must be positive")

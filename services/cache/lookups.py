@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gati.errors import InvalidArgument, NotFound
+from gati.probes.live import LiveRule
 from gati.probes.runtime import ProbeRuntime
+from services.cache.live import LiveStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
 from services.cache.states import RowStates
@@ -79,10 +81,17 @@ class Summary:
 class LookupEngine:
     """Evaluates lookups against the probe store."""
 
-    def __init__(self, probes: ProbeStore, states: RowStates, metrics: CacheMetrics) -> None:
+    def __init__(
+        self,
+        probes: ProbeStore,
+        states: RowStates,
+        metrics: CacheMetrics,
+        live: LiveStore | None = None,
+    ) -> None:
         self.probes = probes
         self.states = states
         self.metrics = metrics
+        self.live = live  # None: no live memory (lookups answer from the bundle alone)
 
     # ---- request path -------------------------------------------------------------------
     def lookup(self, item: Lookup) -> Lookup:
@@ -150,9 +159,32 @@ class LookupEngine:
         return True
 
     def _run(self, runtime: ProbeRuntime, item: Lookup) -> None:
-        states = self.states.get(item.model, item.request_id, item.rows, time.monotonic())
+        now = time.monotonic()
+        states = self.states.get(item.model, item.request_id, item.rows, now)
         item.hit, item.label, item.confidence = runtime.lookup(item.layer, item.x, states)
         item.version = runtime.version
+        probe = runtime.probe(item.layer)
+        if self.live is not None and probe.live is not None and probe.live.active:
+            self._from_memory(item, probe.live, probe.reduction, now)
+
+    def _from_memory(self, item: Lookup, rule: LiveRule, reduction: str, now: float) -> None:
+        """Rows the probe did not answer, answered by live evidence when the rule allows."""
+        coarse = rule.coarse(item.x, reduction)
+        hit, label = self.live.answer(  # type: ignore[union-attr]
+            item.model, item.request_id, item.layer, rule, item.rows, coarse, now
+        )
+        new = hit & ~item.hit
+        if new.any():
+            item.hit = item.hit | new
+            item.label = np.where(new, label, item.label).astype(np.int32)
+            item.confidence = np.where(new, 1.0, item.confidence).astype(np.float32)
+            self.metrics.live_hits.labels(item.model, item.layer).inc(int(new.sum()))
+
+    def label(self, model: str, request_id: str, rows: list[int], labels: list[int]) -> int:
+        """The base model's labels for rows of a request: file what was held (rows filed)."""
+        if self.live is None:
+            return 0
+        return self.live.label(model, request_id, rows, labels, time.monotonic())
 
     def _record(self, item: Lookup) -> None:
         m = self.metrics.layer(item.model, item.layer)

@@ -106,6 +106,26 @@ class CacheMetrics:
             "seconds since a bundle sync last read Redis (since start, before the first)",
             registry=r,
         )
+        # live memory (services/cache/live.py)
+        self.live_hits = Counter(
+            "gati_cache_live_hits",
+            "activation rows answered from the live memory (its k nearest agreed, close enough)",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.live_rows = Gauge(
+            "gati_cache_live_rows",
+            "rows the live memory holds that can still answer",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.live_labels = Counter(
+            "gati_cache_live_labels",
+            "label messages: filed, or unknown (request not held: not looked up, evicted, expired)",
+            ["outcome"],
+            registry=r,
+        )
+        self.live_bytes = Gauge("gati_cache_live_bytes", "bytes the live memories hold", registry=r)
         # bundle-sync, bundle-listen: alive, and errors their loops went on from
         self.threads = Liveness(r)
 

@@ -14,6 +14,7 @@ from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.store import BundleStore
 from services.cache.config import CacheConfig
+from services.cache.live import LiveStore
 from services.cache.lookups import LookupEngine
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
@@ -66,8 +67,14 @@ def build(config: CacheConfig) -> CacheServer:
         refresh_s=config.refresh_seconds,
         backoff_max_s=config.redis_backoff_max_seconds,
     )
+    live = None
+    if config.live_rows > 0:
+        live = LiveStore(
+            metrics, config.live_rows, config.live_ttl_seconds, pending=config.state_entries
+        )
+        metrics.live_bytes.set_function(live.nbytes)
     engine = LookupEngine(
-        probes, RowStates(config.state_entries, config.state_ttl_seconds), metrics
+        probes, RowStates(config.state_entries, config.state_ttl_seconds), metrics, live
     )
     handle = AioGrpcServer(
         config.host,

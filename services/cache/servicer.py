@@ -15,6 +15,7 @@ import time
 
 import grpc
 
+from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.errors import GatiError
 from services.cache.codec import (
@@ -74,6 +75,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 if request is grpc.aio.EOF:
                     return
                 self._streams[task] = time.monotonic()
+                if request.labels:  # the base model's answer for a request: filed, no reply
+                    self._file(request)
+                    continue
                 await context.write(self._answer(request))
         finally:
             self._idle.discard(task)
@@ -91,6 +95,20 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                     log.info("closing a Lookup stream silent for %.0fs", now - last)
                     self._idle.add(task)
                     task.cancel()
+
+    def _file(self, request: cache_pb2.LookupRequest) -> None:
+        """A label message (no reply: the sender waits for none). Bad ones are counted."""
+        if len(request.request_id.encode()) > names.MAX_REQUEST_ID_BYTES:
+            self.engine.count_rejected("request_id")
+            return
+        if len(request.labels) != len(request.rows):
+            self.engine.count_rejected("shape")  # one label per row id
+            return
+        try:
+            self.engine.label(request.model, request.request_id, request.rows, request.labels)
+        except Exception:  # never let one message end the stream
+            log.exception("label message for %s failed", request.request_id[:64])
+            self.engine.count_rejected("internal")
 
     def _answer(self, request: cache_pb2.LookupRequest) -> cache_pb2.LookupReply:
         arrived = time.perf_counter()
@@ -110,7 +128,8 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.PlanRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.Plan:
         try:
-            return encode_plan(request.model, self.engine.plan(request.model))
+            runtime = self.engine.plan(request.model)
+            return encode_plan(request.model, runtime, self.engine.live is not None)
         except GatiError as exc:
             await context.abort(status_code(exc), str(exc))
             raise  # abort raises; this line is never reached

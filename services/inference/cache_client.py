@@ -4,8 +4,10 @@
 pipe (`services.inference.relay` holds the Lookup stream, in its own process: see
 `services.inference.handoff` for why); it never blocks, and a lookup that finds no room is
 dropped, counted, and the model simply goes on. `PendingLookup.poll` reads the reply table
-between stages. If the relay or the cache service is down, `plan` returns None (the full model
-serves) while the relay reconnects with backoff, and a relay that exits is started again.
+between stages. `label` hands over, the same way, the base model's labels for rows of a request
+that sent lookups, which the relay sends on the same stream (no reply). If the relay or the
+cache service is down, `plan` returns None (the full model serves) while the relay reconnects
+with backoff, and a relay that exits is started again.
 Plans come from unary GetPlan calls on this process's own channel, once a second and at once
 when a reply names a bundle version other than the plan's.
 """
@@ -36,6 +38,9 @@ from services.inference.handoff import (
     CONNECTED,
     CONSUMED,
     ERROR_FLAG,
+    LABELS,
+    LOOKUP,
+    MAX_REQUEST_ID_BYTES,
     NCHW,
     NHWC,
     REPLIED,
@@ -58,6 +63,7 @@ class ActivePlan:
     model: str
     version: int
     layers: dict[int, tuple[str, str]]
+    live_labels: bool = False  # the cache service files base labels in a live memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,8 @@ class CacheClient:
         self._max_message_bytes = max_message_bytes
         self._relay_cpus = relay_cpus
         self._max_rows = min(max_rows, Frame.max_rows())
+        self._label_rows = Frame.max_rows(LABELS)  # a label message of more rows is split
+        self._labels_sent = {name: metrics.labels_sent.labels(name) for name in models}
         self.handoff = Handoff.create(slots, self._max_rows, arena_slots, arena_slot_bytes)
         self._routes: dict[tuple[str, int, str, int], _Route] = {}
         self._seq = itertools.count(1)
@@ -231,7 +239,7 @@ class CacheClient:
                 np.copyto(slot, reduce(activation, reduction).numpy())
             else:  # the slot view has the activation's strides: one memory-order copy
                 np.copyto(slot, activation.numpy())
-            head = Frame.HEAD.pack(seq, version, *route.head, len(request_id))
+            head = Frame.HEAD.pack(LOOKUP, seq, version, *route.head, len(request_id))
             try:
                 os.write(self._pipe_w, head + request_id + rows.tobytes())
             except (BlockingIOError, BrokenPipeError):
@@ -239,6 +247,42 @@ class CacheClient:
                 return None
         route.counter.inc()
         return PendingLookup(h, seq, model, layer, stage, rows)
+
+    def label(self, request_id: bytes, model: str, rows: np.ndarray, labels: np.ndarray) -> bool:
+        """Hand the base model's `labels` for batch `rows` (both int32) of a request that sent
+        lookups to the relay, which sends them on the Lookup stream so the cache service can
+        file that request's activations under them. One pipe write (more only for a batch over
+        a frame's rows), no seq and no arena slot, so lookups' slot accounting is untouched;
+        never blocks. False (and counted) when it could not be handed over."""
+        n = len(rows)
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} rows")
+        if not n:
+            return True
+        if not self.handoff.status[CONNECTED]:  # the relay would drop it: do not write at all
+            self._metrics.labels_dropped.labels("down").inc()
+            return False
+        index = self._model_index[model]
+        rid = request_id[:MAX_REQUEST_ID_BYTES]
+        rows, labels = np.asarray(rows, "<i4"), np.asarray(labels, "<i4")  # no copy if int32
+        step, sent = self._label_rows, 0
+        with self._lock:  # guards the pipe fd, which the supervisor closes and replaces
+            try:
+                for at in range(0, n, step):
+                    k = min(step, n - at)
+                    head = Frame.HEAD.pack(LABELS, 0, 0, k, index, 0, 0, 0, 0, 0, 0, len(rid))
+                    if self._pipe_w is None:
+                        raise BrokenPipeError
+                    body = rows[at : at + k].tobytes() + labels[at : at + k].tobytes()
+                    os.write(self._pipe_w, head + rid + body)
+                    sent += 1
+            except (BlockingIOError, BrokenPipeError):
+                self._metrics.labels_dropped.labels("relay").inc()
+                return False
+            finally:
+                if sent:
+                    self._labels_sent[model].inc(sent)
+        return True
 
     def _route(
         self, model: str, layer: str, stage: int, reduction: str, activation: torch.Tensor
@@ -433,7 +477,7 @@ class CacheClient:
                 )
                 return None
             layers[model.cut_index(lp.layer)] = (lp.layer, lp.reduction)
-        return ActivePlan(name, plan.bundle_version, layers)
+        return ActivePlan(name, plan.bundle_version, layers, plan.live_labels)
 
     def _refuse(self, name: str, reason: str, message: str) -> None:
         self._metrics.plans_refused.labels(name, reason).inc()

@@ -2,8 +2,12 @@
 
 After each stage with an active probe the engine reduces the activation, queues a lookup on
 the cache stream and goes on computing; between stages it looks at the replies that came
-back. Rows of a batch exit independently and the batch shrinks as they do. Nothing here
-waits on the cache service, Kafka or Redis: a missing reply means the model keeps going.
+back. Rows of a batch exit independently and the batch shrinks as they do. Once the rows left
+at the end have their logits, a pass that sent lookups tells the cache service their base
+labels (one label message on the same stream) when the plan asks for them (the cache service
+keeps a live memory with a rule that can answer), so it can file the activations it received
+under them. Nothing here waits on the cache service, Kafka or Redis: a missing reply means the
+model keeps going.
 """
 
 from __future__ import annotations
@@ -283,8 +287,14 @@ class Engine:
     def _finish_full(self, st: _Pass, logits: np.ndarray) -> None:
         """Rows that ran the whole model: their logits are the base model's answer."""
         rows = st.row_ids[st.alive]
+        labels = logits.argmax(axis=1)
         st.scores[rows] = logits
-        st.labels[rows] = logits.argmax(axis=1)
+        st.labels[rows] = labels
+        if st.sent and st.plan is not None and st.plan.live_labels:  # name their base labels
+            rows_i32 = st.rows_i32 if st.rows_i32 is not None else rows.astype(np.int32)
+            self.cache.label(  # type: ignore[union-attr]  # sent implies a cache client
+                st.rid_bytes, st.served.name, rows_i32, labels.astype(np.int32)
+            )
         self.metrics.exits.labels(st.served.name, FULL).inc(len(rows))
         if st.keys:  # the exact-match cache was consulted: remember what the model said
             for k, r in enumerate(rows):
@@ -359,6 +369,7 @@ class Engine:
                 [(r, layer, int(st.labels[r]), rec) for _, r, layer, rec in shadowed],
                 st.request_id,
                 st.version,
+                cache=self.cache if st.plan is not None and st.plan.live_labels else None,
             )
             if not accepted and st.job is not None:  # no slot: record it without a base label
                 st.job.rows.extend(rec for *_, rec in shadowed if rec is not None)
@@ -413,6 +424,8 @@ class ShadowRunnerLike(Protocol):
         rows: list[tuple[int, str, int, RowRecord | None]],
         request_id: str,
         version: int,
+        cache: CacheClient | None = None,
     ) -> bool:
-        """Finish the model from `stage` on activations `h` of hit rows; never blocks."""
+        """Finish the model from `stage` on activations `h` of hit rows; never blocks. With
+        `cache`, the base labels found are sent to the cache service as a label message."""
         ...

@@ -18,11 +18,15 @@ Layout of one shared mapping (`Handoff`):
 - an arena of `arena_slots` fixed-size slots the model side copies activations into, slot
   `seq % arena_slots`; the relay says which seq it consumed last, and the model side never
   reuses a slot the relay has not consumed, so an activation is never overwritten unsent.
-A frame on the pipe (`Frame`) names a lookup: its slot, how to reduce what lies there, and the
-request id and batch rows that go with it. A frame is at most PIPE_BUF bytes, so concurrent
-writers never interleave. On the model's thread everything costs: measured in place (between
-ResNet stages, caches cold) each numpy or torch call costs 5-10 us, so the hot path is a
-precomputed header, one copy and one write.
+A frame on the pipe (`Frame`) is one of two kinds. A LOOKUP frame names a lookup: its slot, how
+to reduce what lies there, and the request id and batch rows that go with it. A LABELS frame
+carries the base model's label for batch rows of a request that sent lookups (after each row id,
+its label), so the cache service can file that request's activations under them: it has seq 0,
+uses no arena slot and no reply slot, and leaves CONSUMED alone, so it never disturbs the arena
+accounting or the order in which lookups free their slots. A frame is at most PIPE_BUF bytes,
+so concurrent writers never interleave. On the model's thread everything costs: measured in
+place (between ResNet stages, caches cold) each numpy or torch call costs 5-10 us, so the hot
+path is a precomputed header, one copy and one write.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ RELAYED = 2  # relay: lookups sent on the stream
 REPLIED = 3  # relay: replies written to the table
 DROPPED_DOWN = 4  # relay: frames dropped because the stream was down
 STREAMS = 5  # relay: streams opened (1 + reconnects)
+LABELS_RELAYED = 6  # relay: label messages sent on the stream
+LABELS_DROPPED_DOWN = 7  # relay: label frames dropped because the stream was down
 STATUS_BYTES = STATUS_CELLS * 8
 
 SLOT_HEADER = 32  # seq u64, version i64, replied_at f64, rows u32, flags u32
@@ -56,17 +62,24 @@ ERROR_FLAG = 1  # flags: bit 0 says the reply is an error; flags >> 1 is the cou
 
 
 NCHW, NHWC = 0, 1  # memory order of a raw activation in its slot
+LOOKUP, LABELS = 0, 1  # Frame.kind
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One lookup as the model side hands it to the relay.
+    """One lookup (kind LOOKUP) or one set of base-model labels (kind LABELS) as the model side
+    hands it to the relay.
+
+    Wire form: HEAD, the request id, `rows` little-endian int32 row ids, and for LABELS `rows`
+    little-endian int32 labels (one per row id). A LABELS frame leaves every other head field 0
+    but `rows` and `model`.
 
     `grid` 0: the slot holds [rows, channels] float32, already reduced; `grid` g > 0: it holds
     the raw activation of `rows` x channels x height x width float32 in memory order `layout`,
     which the relay pools to a g x g grid (block means: the model side sends raw only when g
     divides height and width)."""
 
+    kind: int
     seq: int
     version: int
     rows: int
@@ -79,13 +92,15 @@ class Frame:
     width: int
     request_id: bytes
     row_ids: bytes  # [rows] little-endian int32
+    labels: bytes = b""  # LABELS: [rows] little-endian int32
 
-    HEAD = struct.Struct("<QqHHHBBHHHH")
+    HEAD = struct.Struct("<BQqHHHBBHHHH")  # kind, seq, ..., width, request id length
 
     def pack(self) -> bytes:
         rid = self.request_id[:MAX_REQUEST_ID_BYTES]
         return (
             self.HEAD.pack(
+                self.kind,
                 self.seq,
                 self.version,
                 self.rows,
@@ -100,6 +115,7 @@ class Frame:
             )
             + rid
             + self.row_ids
+            + self.labels
         )
 
     @property
@@ -108,9 +124,9 @@ class Frame:
         return 4 * self.rows * per_row
 
     @classmethod
-    def max_rows(cls) -> int:
-        """Most batch rows one frame can carry within PIPE_BUF."""
-        return (PIPE_BUF - cls.HEAD.size - MAX_REQUEST_ID_BYTES) // 4
+    def max_rows(cls, kind: int = LOOKUP) -> int:
+        """Most batch rows one frame of `kind` can carry within PIPE_BUF."""
+        return (PIPE_BUF - cls.HEAD.size - MAX_REQUEST_ID_BYTES) // _row_bytes(kind)
 
     @classmethod
     def unpack_from(cls, buf: bytes | bytearray, start: int = 0) -> tuple[Frame, int] | None:
@@ -119,14 +135,21 @@ class Frame:
         if len(buf) - start < head.size:
             return None
         fields = head.unpack_from(buf, start)
-        rows, rid_len = fields[2], fields[-1]
-        size = head.size + rid_len + 4 * rows
+        kind, rows, rid_len = fields[0], fields[3], fields[-1]
+        size = head.size + rid_len + _row_bytes(kind) * rows
         if len(buf) - start < size:
             return None
         at = start + head.size
         rid = bytes(buf[at : at + rid_len])
-        row_ids = bytes(buf[at + rid_len : start + size])
-        return cls(*fields[:-1], rid, row_ids), size
+        at += rid_len
+        row_ids = bytes(buf[at : at + 4 * rows])
+        labels = bytes(buf[at + 4 * rows : start + size])
+        return cls(*fields[:-1], rid, row_ids, labels), size
+
+
+def _row_bytes(kind: int) -> int:
+    """Pipe bytes per batch row after the request id: a row id, and for LABELS its label."""
+    return 8 if kind == LABELS else 4
 
 
 class Handoff:

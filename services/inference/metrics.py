@@ -86,6 +86,20 @@ class InferenceMetrics:
             ["reason"],
             registry=r,
         )
+        self.labels_sent = Counter(
+            "gati_cache_labels_sent",
+            "label messages handed to the relay: the base model's labels for rows of a "
+            "request that sent lookups (the cache service files their activations under them)",
+            ["model"],
+            registry=r,
+        )
+        self.labels_dropped = Counter(
+            "gati_cache_labels_dropped",
+            "label messages not handed to the relay (down: lookup stream down; relay: pipe "
+            "full or relay gone)",
+            ["reason"],
+            registry=r,
+        )
         self.relay_restarts = Counter(
             "gati_cache_relay_restarts",
             "lookup relay processes started again after exiting",

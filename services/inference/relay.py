@@ -6,7 +6,10 @@ way the plan asks, sends it on one long-lived gati.v1 Lookup stream (grpc.aio: o
 the pipe, the stream and the replies), and writes every reply into the shared reply table,
 where the model's thread finds it between stages. It reconnects with backoff; while its stream
 is down it says so in the status block (the model side then serves the full model) and drops
-the frames it still receives, counted. It exits when the pipe closes: its parent is gone.
+the frames it still receives, counted. A label frame (the base model's labels for rows of a
+request that sent lookups) becomes a LookupRequest with `labels` set and no activation, sent in
+pipe order after that request's lookups; it gets no reply. It exits when the pipe closes: its
+parent is gone.
 
 Started as `python -m services.inference.relay SPEC_JSON` with the handoff and pipe fds
 inherited; it imports no torch, so it starts in well under a second.
@@ -34,6 +37,9 @@ from services.inference.handoff import (
     CONNECTED,
     CONSUMED,
     DROPPED_DOWN,
+    LABELS,
+    LABELS_DROPPED_DOWN,
+    LABELS_RELAYED,
     RELAYED,
     REPLIED,
     STREAMS,
@@ -77,7 +83,8 @@ class Relay:
         self.handoff = handoff
         self.status = handoff.status
         self._buf = bytearray()
-        self._outbox: deque[cache_pb2.LookupRequest] = deque()
+        # (message, status cell counting it once sent): RELAYED or LABELS_RELAYED
+        self._outbox: deque[tuple[cache_pb2.LookupRequest, int]] = deque()
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
 
@@ -101,20 +108,43 @@ class Relay:
             self._wake.set()
 
     def _take(self, frame: Frame) -> None:
+        if frame.kind == LABELS:
+            self._take_labels(frame)
+            return
         x = self.handoff.activation(frame)
         self.status[CONSUMED] = frame.seq
         if not self.status[CONNECTED]:
             self.status[DROPPED_DOWN] += 1
             return
         self._outbox.append(
-            cache_pb2.LookupRequest(
-                seq=frame.seq,
-                request_id=frame.request_id.decode("utf-8", "replace"),
-                model=self.spec.models[frame.model],
-                layer=self.spec.cuts[frame.model][frame.stage],
-                activation=cache_pb2.Tensor(dtype="float32", shape=x.shape, data=x.tobytes()),
-                bundle_version=frame.version,
-                rows=np.frombuffer(frame.row_ids, "<i4").tolist(),
+            (
+                cache_pb2.LookupRequest(
+                    seq=frame.seq,
+                    request_id=frame.request_id.decode("utf-8", "replace"),
+                    model=self.spec.models[frame.model],
+                    layer=self.spec.cuts[frame.model][frame.stage],
+                    activation=cache_pb2.Tensor(dtype="float32", shape=x.shape, data=x.tobytes()),
+                    bundle_version=frame.version,
+                    rows=np.frombuffer(frame.row_ids, "<i4").tolist(),
+                ),
+                RELAYED,
+            )
+        )
+
+    def _take_labels(self, frame: Frame) -> None:
+        """A label message: no seq, no slot, so CONSUMED stays where the lookups left it."""
+        if not self.status[CONNECTED]:
+            self.status[LABELS_DROPPED_DOWN] += 1
+            return
+        self._outbox.append(
+            (
+                cache_pb2.LookupRequest(
+                    request_id=frame.request_id.decode("utf-8", "replace"),
+                    model=self.spec.models[frame.model],
+                    rows=np.frombuffer(frame.row_ids, "<i4").tolist(),
+                    labels=np.frombuffer(frame.labels, "<i4").tolist(),
+                ),
+                LABELS_RELAYED,
             )
         )
 
@@ -124,8 +154,9 @@ class Relay:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox:
-                await call.write(self._outbox.popleft())
-                self.status[RELAYED] += 1
+                message, cell = self._outbox.popleft()
+                await call.write(message)
+                self.status[cell] += 1
 
     def _publish(self, reply: cache_pb2.LookupReply) -> None:
         self.handoff.publish(
@@ -150,6 +181,8 @@ class Relay:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
                     return
+                if reply.seq == 0:  # no lookup has seq 0: an answer to a label message, which
+                    continue  # wants none; publishing it would clobber reply slot 0
                 self._publish(reply)
         finally:
             self.status[CONNECTED] = 0

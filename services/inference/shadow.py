@@ -1,8 +1,10 @@
 """Shadow completion: finish the base model in the background for a sample of hits.
 
-It gives the trainer labels for hits and the guard a live agreement measurement. At most
-`inflight` completions run at once; a sampled hit that finds every slot busy is skipped and
-counted, so background work cannot pile up behind foreground requests.
+It gives the trainer labels for hits, the guard a live agreement measurement, and (with the
+request's cache client) the cache service the hit rows' base labels, to file the activations
+it received for them under. At most `inflight` completions run at once; a sampled hit that
+finds every slot busy is skipped and counted, so background work cannot pile up behind
+foreground requests.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from services.common import cpus
+from services.inference.cache_client import CacheClient
 from services.inference.engine import RecordJob, RecordSink, RowRecord, ServedModel
 from services.inference.guard import LiveGuard
+from services.inference.handoff import MAX_REQUEST_ID_BYTES
 from services.inference.metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
@@ -62,12 +67,13 @@ class ShadowRunner:
         rows: list[tuple[int, str, int, RowRecord | None]],
         request_id: str,
         version: int,
+        cache: CacheClient | None = None,
     ) -> bool:
         if not self._slots.acquire(blocking=False):
             self._metrics.shadow_skipped.labels(served.name).inc(len(rows))
             return False
         try:
-            self._pool.submit(self._run, served, stage, h, rows, request_id, version)
+            self._pool.submit(self._run, served, stage, h, rows, request_id, version, cache)
         except RuntimeError:  # the pool is shut down or broken: never fail the request for it
             self._slots.release()
             self._metrics.threads.error("shadow")
@@ -85,6 +91,7 @@ class ShadowRunner:
         rows: list[tuple[int, str, int, RowRecord | None]],
         request_id: str,
         version: int,
+        cache: CacheClient | None = None,
     ) -> None:
         try:
             model = served.model
@@ -110,6 +117,13 @@ class ShadowRunner:
                     rec.shadow = True
                     job.rows.append(rec)
             self._metrics.shadow_runs.labels(served.name).inc(len(rows))
+            if cache is not None:  # off the request path: the base labels of these hit rows
+                cache.label(
+                    request_id.encode()[:MAX_REQUEST_ID_BYTES],
+                    served.name,
+                    np.array([row for row, *_ in rows], np.int32),
+                    logits.argmax(axis=1).astype(np.int32),
+                )
             if job.rows and self._recorder is not None:
                 self._recorder.submit(job)
         except Exception:
