@@ -14,7 +14,7 @@ refused version is not fetched again until the pointer moves. A service that hol
 (it just started) behind a refused pointer falls back to the newest version below the pointer
 that verifies, which is what the replicas that were up all along kept serving. If Redis is
 unreachable the service keeps serving what it has and both threads retry with exponential
-backoff; once no sync has read Redis for `max_sync_age_seconds` (`FreshnessGuard`), health
+backoff; once no sync has read Redis for `max_sync_age_seconds` (`stale_reasons`), readiness
 says NOT_SERVING until one does.
 """
 
@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import redis
@@ -93,7 +93,6 @@ class BundleRefresher:
         # monotonic time of the last sync that read Redis (creation, before the first)
         self._synced_at = time.monotonic()
         metrics.sync_age.set_function(self.sync_age)
-        self._freshness: FreshnessGuard | None = None
         self._threads = [
             threading.Thread(target=self._sync_loop, name="bundle-sync", daemon=True),
             threading.Thread(target=self._listen_loop, name="bundle-listen", daemon=True),
@@ -106,16 +105,16 @@ class BundleRefresher:
             self.metrics.threads.watch(t.name, t)  # health turns NOT_SERVING if one ends
 
     def guard_health(self, handle: HealthHandle, max_age_s: float) -> None:
-        """Health NOT_SERVING while the last sync that read Redis is older than `max_age_s`
-        (0: never); SERVING again after the next one succeeds. Ends with `close`."""
-        self._freshness = FreshnessGuard(self.sync_age, max_age_s)
-        self._freshness.guard(handle)
+        """Readiness NOT_SERVING while the last sync that read Redis is older than
+        `max_age_s` (0: never), SERVING again after the next one succeeds: `handle.unready`
+        lists the reason, and the service's liveness watcher applies it when it changes."""
+        if max_age_s > 0:
+            previous = handle.unready
+            handle.unready = lambda: [*previous(), *stale_reasons(self.sync_age(), max_age_s)]
 
     def close(self) -> None:
         self._closed.set()
         self._wake.set()
-        if self._freshness is not None:
-            self._freshness.close()
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=5)
@@ -293,65 +292,14 @@ class BundleRefresher:
             self.wake()
 
 
-class FreshnessGuard:
-    """Readiness follows how fresh the bundles held are. Past `max_age_s` without a sync that
-    read Redis, a rollback or a new publish may have gone unseen, so the service's named health
-    (the readiness probe) says NOT_SERVING; "" (liveness) stays SERVING, since a restart would
-    not bring Redis back and would lose the bundles held. Lookups and plans still answer. The
-    bound is generous, so a brief Redis outage is ridden out on the bundles held; the next
-    sync that succeeds makes health SERVING again (unless something else keeps it off)."""
-
-    def __init__(self, sync_age: Callable[[], float], max_age_s: float) -> None:
-        self.sync_age = sync_age
-        self.max_age_s = max_age_s
-        self.watch_s = min(1.0, max_age_s / 4)  # how late health can be about the bound
-        self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def stale(self) -> list[str]:
-        """Why readiness must be off, as a handle's `unready` lists it: [] while fresh."""
-        age = self.sync_age()
-        if self.max_age_s > 0 and age > self.max_age_s:
-            return [f"no bundle sync with Redis for {age:.1f}s (bound {self.max_age_s:g}s)"]
-        return []
-
-    def guard(self, handle: HealthHandle) -> None:
-        """Make `handle.set_serving(True)` consult freshness too, and start the watcher."""
-        if self.max_age_s <= 0:
-            return  # disabled
-        previous = getattr(handle, "unready", list)
-        handle.unready = lambda: [*previous(), *self.stale()]
-        self._thread = threading.Thread(
-            target=self._watch, args=(handle,), name="bundle-freshness", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._closed.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _watch(self, handle: HealthHandle) -> None:
-        was_stale = False
-        while not self._closed.wait(self.watch_s):
-            if handle.stopped.is_set():
-                return
-            try:
-                was_stale = self._check(handle, was_stale)
-            except Exception:  # the watcher must outlive whatever it watches
-                log.exception("bundle freshness check failed; checking again")
-
-    def _check(self, handle: HealthHandle, was_stale: bool) -> bool:
-        """Flip health on a change only, so others' say over it (liveness) is not undone."""
-        why = self.stale()
-        if bool(why) == was_stale:
-            return was_stale
-        if why:
-            log.error("%s: readiness NOT_SERVING until a sync succeeds", why[0])
-        else:
-            log.warning("bundle sync with Redis succeeded again: freshness allows SERVING")
-        handle.set_serving(True)  # it consults `unready` (ours) and `failing` itself
-        return bool(why)
+def stale_reasons(age_s: float, max_age_s: float) -> list[str]:
+    """Why readiness must be off, as a handle's `unready` lists it: [] while fresh (or when
+    `max_age_s` is 0). Past the bound a rollback or a new publish may have gone unseen; only
+    the service names turn NOT_SERVING: "" (liveness) stays SERVING, since a restart would not
+    bring Redis back and would lose the bundles held. Lookups and plans still answer."""
+    if max_age_s > 0 and age_s > max_age_s:
+        return [f"no bundle sync with Redis for {age_s:.1f}s (bound {max_age_s:g}s)"]
+    return []
 
 
 def load_runtime(data: bytes, version: int) -> ProbeRuntime:

@@ -43,10 +43,16 @@ class GrpcServer:
     # (services.common.liveness: dead threads) adds its reasons to what was there
     failing: Callable[[], list[str]] = field(default=lambda: [])
     unready: Callable[[], list[str]] = field(default=lambda: [])  # service names only
+    wanted: bool = False  # what the service last asked for (`refresh` applies it again)
 
     def set_serving(self, serving: bool = True) -> None:
+        self.wanted = serving
         for name, status in _statuses(self, serving):
             self.health.set(name, status)
+
+    def refresh(self) -> None:
+        """Health again from what was asked and the reasons now (a watcher saw them change)."""
+        self.set_serving(self.wanted)
 
     def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace` seconds."""
@@ -124,6 +130,7 @@ class AioGrpcServer:
         self.stopped = threading.Event()
         self.failing: Callable[[], list[str]] = list  # as GrpcServer.failing
         self.unready: Callable[[], list[str]] = list  # as GrpcServer.unready
+        self.wanted = False  # as GrpcServer.wanted
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
@@ -159,6 +166,7 @@ class AioGrpcServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def set_serving(self, serving: bool = True) -> None:
+        self.wanted = serving
         statuses = _statuses(self, serving)
 
         async def apply() -> None:
@@ -167,6 +175,10 @@ class AioGrpcServer:
 
         if not self.loop.is_closed():
             self.run(apply())
+
+    def refresh(self) -> None:
+        """As GrpcServer.refresh."""
+        self.set_serving(self.wanted)
 
     def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace` seconds, end the loop."""

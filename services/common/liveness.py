@@ -28,10 +28,13 @@ WATCH_S = 0.25  # how often the watcher looks: how late health can be about a de
 class HealthHandle(Protocol):
     """What the watcher needs of a gRPC server handle (GrpcServer, AioGrpcServer)."""
 
-    failing: Callable[[], list[str]]
+    failing: Callable[[], list[str]]  # reasons to be off for "" and the service names
+    unready: Callable[[], list[str]]  # reasons to be off for the service names only
     stopped: threading.Event
 
     def set_serving(self, serving: bool = True) -> None: ...
+
+    def refresh(self) -> None: ...
 
 
 class Liveness:
@@ -64,11 +67,12 @@ class Liveness:
         return sorted(name for name, check in checks if not _alive(check))
 
     def guard(self, handle: HealthHandle) -> None:
-        """Keep `handle`'s health NOT_SERVING whenever an essential thread is dead: its
-        `set_serving(True)` consults `dead` (after whatever it consulted already), and a
-        watcher turns it off when one dies."""
+        """Keep `handle`'s health NOT_SERVING whenever an essential thread is dead (its
+        `failing` lists them after whatever it listed already), and watch: whenever the
+        handle's reasons to be off change (a death here, stale bundles in `unready`), health
+        is set again from them."""
         previous = handle.failing
-        handle.failing = lambda: [*previous(), *self.dead()]
+        handle.failing = lambda: [*previous(), *(f"thread {n} stopped" for n in self.dead())]
         self._watcher = threading.Thread(
             target=self._watch, args=(handle,), name="liveness", daemon=True
         )
@@ -81,19 +85,20 @@ class Liveness:
             self._watcher.join(timeout=5)
 
     def _watch(self, handle: HealthHandle) -> None:
-        reported: set[str] = set()
+        seen: set[str] = set()
         while not self._closed.wait(self.watch_s):
             if handle.stopped.is_set():
                 return
             try:
-                dead = set(self.dead())
-                if dead - reported:
-                    log.error(
-                        "essential thread(s) %s stopped: health NOT_SERVING until restarted",
-                        ", ".join(sorted(dead - reported)),
-                    )
-                    handle.set_serving(False)
-                reported |= dead
+                reasons = {*handle.failing(), *handle.unready()}
+                if reasons == seen:
+                    continue
+                for why in sorted(reasons - seen):
+                    log.error("health NOT_SERVING: %s", why)
+                for why in sorted(seen - reasons):
+                    log.warning("health no longer held off: %s", why)
+                handle.refresh()  # what the service asked for, under the reasons now
+                seen = reasons
             except Exception:  # the watcher must outlive whatever it watches
                 log.exception("liveness check failed; checking again")
 

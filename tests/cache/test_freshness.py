@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
@@ -17,7 +18,9 @@ from gati.local.ports import free_port
 from gati.local.processes import start_redis
 from gati.store import BundleStore
 from services.cache.config import CacheConfig
-from services.cache.refresher import FreshnessGuard
+from services.cache.refresher import BundleRefresher, stale_reasons
+from services.common.grpc_server import GrpcServer, build_server
+from services.common.liveness import Liveness
 from tests.cache.helpers import MODEL, Stream, lookup_request, make_bundle, sample, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,56 +28,76 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 AGE = "gati_cache_bundle_sync_age_seconds"
 
 
-class FakeHandle:
-    """A server handle that records what readiness was set to (as the real one, it consults
-    `failing` and `unready` before saying SERVING)."""
-
-    def __init__(self, failing: list[str] | None = None) -> None:
-        self.failing = lambda: list(failing or [])
-        self.unready = lambda: []
-        self.stopped = threading.Event()
-        self.serving: list[bool] = []
-
-    def set_serving(self, serving: bool = True) -> None:
-        self.serving.append(serving and not self.failing() and not self.unready())
+def health(channel: grpc.Channel, service: str = names.HEALTH_CACHE) -> int:
+    """The readiness probe reads the service name; the liveness probe reads ""."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=service)
+    return stub.Check(request, timeout=5).status
 
 
-def test_the_guard_flips_health_on_a_change_only_and_keeps_others_reasons() -> None:
-    age = [0.0]
-    handle = FakeHandle()
-    guard = FreshnessGuard(lambda: age[0], max_age_s=10.0)
-    guard.guard(handle)
+def test_stale_reasons_past_the_bound_only() -> None:
+    assert stale_reasons(9.9, 10.0) == []
+    assert stale_reasons(10.5, 10.0) == ["no bundle sync with Redis for 10.5s (bound 10s)"]
+    assert stale_reasons(1e9, 0.0) == []  # 0: never stale
+
+
+@pytest.fixture
+def handle() -> Iterator[GrpcServer]:
+    """A real gRPC server with health, as the cache service's handle is to the watcher."""
+    server, h = build_server("127.0.0.1", 0, 2, 1 << 20, (names.HEALTH_CACHE,), ())
+    server.start()
+    yield h
+    h.stop(0)
+
+
+class Refresher:
+    """What `guard_health` reads of the real refresher: the sync age, here set by the test."""
+
+    def __init__(self) -> None:
+        self.age = 0.0
+
+    def sync_age(self) -> float:
+        return self.age
+
+
+def test_readiness_follows_freshness_and_liveness_stays_on(handle: GrpcServer) -> None:
+    refresher = Refresher()
+    BundleRefresher.guard_health(refresher, handle, 10.0)  # type: ignore[arg-type]
+    liveness = Liveness(CollectorRegistry(), watch_s=0.02)
+    liveness.guard(handle)
+    handle.set_serving(True)
     try:
-        assert handle.unready() == [] and guard._check(handle, False) is False
-        age[0] = 10.5
-        assert "no bundle sync with Redis for 10.5s (bound 10s)" in handle.unready()
-        assert handle.failing() == []  # liveness: a restart would not bring Redis back
-        assert guard._check(handle, False) is True and handle.serving == [False]
-        assert guard._check(handle, True) is True and handle.serving == [False]  # no repeat
-        age[0] = 0.1  # a sync succeeded
-        assert guard._check(handle, True) is False and handle.serving == [False, True]
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            assert health(channel) == SERVING
+            refresher.age = 10.5
+            wait_until(lambda: health(channel) == NOT_SERVING, timeout=30.0)
+            assert health(channel, "") == SERVING  # a restart would not bring Redis back
+            refresher.age = 0.1  # a sync succeeded
+            wait_until(lambda: health(channel) == SERVING, timeout=30.0)
     finally:
-        guard.close()
+        liveness.close()
 
 
-def test_freshness_never_overrides_another_reason_to_be_off() -> None:
-    handle = FakeHandle(failing=["bundle-sync"])  # liveness: a dead thread
-    guard = FreshnessGuard(lambda: 0.0, max_age_s=10.0)
-    guard.guard(handle)
+def test_freshness_never_overrides_a_dead_thread(handle: GrpcServer) -> None:
+    refresher = Refresher()
+    BundleRefresher.guard_health(refresher, handle, 10.0)  # type: ignore[arg-type]
+    liveness = Liveness(CollectorRegistry(), watch_s=0.02)
+    liveness.watch("bundle-sync", lambda: False)  # dead from the start
+    liveness.guard(handle)
+    handle.set_serving(True)
     try:
-        assert handle.failing() == ["bundle-sync"]
-        assert guard._check(handle, True) is False and handle.serving == [False]
+        with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            assert health(channel) == NOT_SERVING and health(channel, "") == NOT_SERVING
+            handle.refresh()  # fresh bundles: the dead thread alone holds health off
+            assert health(channel) == NOT_SERVING and health(channel, "") == NOT_SERVING
     finally:
-        guard.close()
+        liveness.close()
 
 
-def test_a_bound_of_zero_disables_the_guard() -> None:
-    handle = FakeHandle()
+def test_a_bound_of_zero_adds_no_reason(handle: GrpcServer) -> None:
     before = handle.unready
-    guard = FreshnessGuard(lambda: 1e9, max_age_s=0.0)
-    guard.guard(handle)
-    assert guard.stale() == [] and handle.unready is before and guard._thread is None
-    guard.close()
+    BundleRefresher.guard_health(Refresher(), handle, 0.0)  # type: ignore[arg-type]
+    assert handle.unready is before
 
 
 def test_the_setting_defaults_generous_and_must_exceed_the_refresh_period() -> None:
@@ -82,13 +105,6 @@ def test_the_setting_defaults_generous_and_must_exceed_the_refresh_period() -> N
     assert CacheConfig(max_sync_age_seconds=0).max_sync_age_seconds == 0
     with pytest.raises(ConfigError, match="max_sync_age_seconds: must exceed refresh_seconds"):
         CacheConfig(refresh_seconds=5.0, max_sync_age_seconds=5.0)
-
-
-def health(channel: grpc.Channel, service: str = names.HEALTH_CACHE) -> int:
-    """The readiness probe reads the service name; the liveness probe reads ""."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    request = health_pb2.HealthCheckRequest(service=service)
-    return stub.Check(request, timeout=5).status
 
 
 def test_health_follows_sync_age_through_a_redis_outage(start_cache, tmp_path: Path) -> None:
