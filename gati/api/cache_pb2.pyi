@@ -63,12 +63,14 @@ class PlanRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class LayerPlan(_message.Message):
-    __slots__ = ("layer", "reduction")
+    __slots__ = ("layer", "reduction", "input_dim")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIM_FIELD_NUMBER: _ClassVar[int]
     layer: str
     reduction: str
-    def __init__(self, layer: _Optional[str] = ..., reduction: _Optional[str] = ...) -> None: ...
+    input_dim: int
+    def __init__(self, layer: _Optional[str] = ..., reduction: _Optional[str] = ..., input_dim: _Optional[int] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("model", "bundle_version", "model_fingerprint", "layers", "live_labels")

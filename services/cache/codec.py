@@ -88,7 +88,10 @@ def encode_plan(model: str, runtime: ProbeRuntime, live: bool) -> cache_pb2.Plan
         model=model,
         bundle_version=runtime.version,
         model_fingerprint=runtime.model_fingerprint,
-        layers=[cache_pb2.LayerPlan(layer=lay, reduction=red) for lay, red in runtime.layers],
+        layers=[
+            cache_pb2.LayerPlan(layer=lay, reduction=red, input_dim=runtime.input_dim(lay))
+            for lay, red in runtime.layers
+        ],
         live_labels=live and runtime.live_active,
     )
 

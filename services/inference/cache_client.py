@@ -180,6 +180,7 @@ class CacheClient:
         self._closed = threading.Event()
         self._plan_wakeup = threading.Event()
         self._plans: dict[str, ActivePlan | None] = dict.fromkeys(models)
+        self._channels: dict[str, dict[str, int]] = {}  # model -> cut -> channels
         self._channel = grpc.insecure_channel(
             address,
             options=[
@@ -458,26 +459,13 @@ class CacheClient:
 
     def _validate(self, name: str, plan: cache_pb2.Plan) -> ActivePlan | None:
         model = self._models[name]
-        if plan.model_fingerprint != model.fingerprint():
-            self._refuse(
-                name,
-                "fingerprint",
-                f"bundle v{plan.bundle_version} was fitted to "
-                f"{plan.model_fingerprint[:12]}, this model is {model.fingerprint()[:12]}",
-            )
-            return None
-        layers: dict[int, tuple[str, str]] = {}
-        for lp in plan.layers:
-            if lp.layer not in model.cut_names or lp.reduction not in REDUCTIONS:
-                self._refuse(
-                    name,
-                    "layer",
-                    f"unknown layer {lp.layer!r} or reduction "
-                    f"{lp.reduction!r} in bundle v{plan.bundle_version}",
-                )
-                return None
-            layers[model.cut_index(lp.layer)] = (lp.layer, lp.reduction)
-        return ActivePlan(name, plan.bundle_version, layers, plan.live_labels)
+        channels = self._channels.get(name)
+        if channels is None:  # one forward pass, the first time a plan comes
+            channels = self._channels[name] = {c: s[0] for c, s in model.cut_shapes().items()}
+        active, refusal = check_plan(name, model, channels, plan)
+        if refusal is not None:
+            self._refuse(name, *refusal)
+        return active
 
     def _refuse(self, name: str, reason: str, message: str) -> None:
         self._metrics.plans_refused.labels(name, reason).inc()
@@ -507,6 +495,37 @@ class CacheClient:
                 self._relay.wait()
         self._channel.close()
         self.handoff.close()
+
+
+def check_plan(
+    name: str, model: StagedModel, channels: dict[str, int], plan: cache_pb2.Plan
+) -> tuple[ActivePlan | None, tuple[str, str] | None]:
+    """(the plan to use, None) or (None, (reason, message)) when it does not fit `model`:
+    fitted to other weights, an unknown layer or reduction, or a probe that reads another
+    width than the model's cut gives (`channels`: cut -> channels)."""
+    if plan.model_fingerprint != model.fingerprint():
+        return None, (
+            "fingerprint",
+            f"bundle v{plan.bundle_version} was fitted to "
+            f"{plan.model_fingerprint[:12]}, this model is {model.fingerprint()[:12]}",
+        )
+    layers: dict[int, tuple[str, str]] = {}
+    for lp in plan.layers:
+        if lp.layer not in model.cut_names or lp.reduction not in REDUCTIONS:
+            return None, (
+                "layer",
+                f"unknown layer {lp.layer!r} or reduction {lp.reduction!r} "
+                f"in bundle v{plan.bundle_version}",
+            )
+        width = channels[lp.layer] * grid(lp.reduction) ** 2
+        if lp.input_dim and lp.input_dim != width:  # e.g. a bundle resealed with a wrong probe
+            return None, (
+                "width",
+                f"layer {lp.layer!r} of bundle v{plan.bundle_version} reads {lp.input_dim} "
+                f"values; this model's cut gives {width} at {lp.reduction}",
+            )
+        layers[model.cut_index(lp.layer)] = (lp.layer, lp.reduction)
+    return ActivePlan(name, plan.bundle_version, layers, plan.live_labels), None
 
 
 def round_trip_ms(lookups: list[PendingLookup], now: float) -> float:

@@ -54,6 +54,7 @@ def test_health_plan_and_status(served) -> None:
         ("layer2.1", "pool2"),
         ("layer3.0", "pool4"),
     ]
+    assert [lp.input_dim for lp in plan.layers] == [DIMS[lp.layer] for lp in plan.layers]
     with pytest.raises(grpc.RpcError) as err:
         stub.GetPlan(cache_pb2.PlanRequest(model="resnet99"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
