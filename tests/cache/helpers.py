@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,8 @@ import numpy as np
 
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.probes.bundle import Bundle
+from gati.probes.entries import tensor_spec
+from gati.probes.live import LiveRule
 from gati.probes.synthetic import random_bundle
 from services.cache.metrics import CacheMetrics
 
@@ -32,6 +35,22 @@ def make_bundle(seed: int = 0, layers: dict | None = None, threshold: float = 0.
         threshold=threshold,
         seed=seed,
     )
+
+
+def with_live(bundle: Bundle, layer: str, k: int, radius: float, threshold: float = 1.0) -> Bundle:
+    """`bundle` whose `layer` carries a live rule (pool1, unit standardisation) and a probe
+    threshold no score reaches, so every hit there comes from the live memory."""
+    manifest = copy.deepcopy(bundle.manifest)
+    tensors = dict(bundle.tensors)
+    (entry,) = [e for e in manifest["layers"] if e["layer"] == layer]
+    dim = int(entry["channels"])
+    rule = LiveRule("pool1", dim, k, radius, np.zeros(dim, np.float32), np.ones(dim, np.float32))
+    entry["live"] = rule.manifest()
+    entry["threshold"] = threshold
+    for role, t in rule.tensors().items():
+        tensors[entry["prefix"] + role] = t
+        entry["tensors"][entry["prefix"] + role] = tensor_spec(t)
+    return Bundle._sealed(manifest, tensors)
 
 
 def lookup_request(

@@ -3,37 +3,18 @@ from a bundle in real Redis; a novel input not; bounds, expiry, unknown labels, 
 
 from __future__ import annotations
 
-import copy
-
 import grpc
 import numpy as np
 import pytest
 
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.probes.bundle import Bundle
-from gati.probes.entries import tensor_spec
 from gati.probes.live import LiveRule
 from gati.store import BundleStore
 from services.cache.live import LiveStore
 from services.cache.metrics import CacheMetrics
-from tests.cache.helpers import MODEL, Stream, lookup_request, make_bundle, sample
+from tests.cache.helpers import MODEL, Stream, lookup_request, make_bundle, sample, with_live
 
 LAYER, DIM = "layer1.2", 16  # a linear probe on pool1 of 16 channels
-
-
-def with_live(bundle: Bundle, k: int, radius: float, threshold: float = 1.0) -> Bundle:
-    """`bundle` whose layer1.2 carries a live rule (pool1, unit standardisation) and a probe
-    threshold no score reaches, so every hit below comes from the live memory."""
-    manifest = copy.deepcopy(bundle.manifest)
-    tensors = dict(bundle.tensors)
-    (entry,) = [e for e in manifest["layers"] if e["layer"] == LAYER]
-    rule = LiveRule("pool1", DIM, k, radius, np.zeros(DIM, np.float32), np.ones(DIM, np.float32))
-    entry["live"] = rule.manifest()
-    entry["threshold"] = threshold
-    for role, t in rule.tensors().items():
-        tensors[entry["prefix"] + role] = t
-        entry["tensors"][entry["prefix"] + role] = tensor_spec(t)
-    return Bundle._sealed(manifest, tensors)
 
 
 def labelled(request_id: str, label: int) -> cache_pb2.LookupRequest:
@@ -59,7 +40,7 @@ def sightings(stream: Stream, x: np.ndarray, n: int, label: int, tag: str, seed:
 def test_a_recurrence_hits_once_k_sightings_are_labelled_and_a_novel_input_does_not(
     store: BundleStore, start_cache, x0: np.ndarray
 ) -> None:
-    store.publish(with_live(make_bundle(seed=1), k=3, radius=0.1))
+    store.publish(with_live(make_bundle(seed=1), LAYER, k=3, radius=0.1))
     server = start_cache()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stream = Stream(channel)
@@ -82,7 +63,7 @@ def test_a_recurrence_hits_once_k_sightings_are_labelled_and_a_novel_input_does_
 def test_a_rule_with_radius_zero_never_answers(
     store: BundleStore, start_cache, x0: np.ndarray
 ) -> None:
-    store.publish(with_live(make_bundle(seed=1), k=1, radius=0.0))
+    store.publish(with_live(make_bundle(seed=1), LAYER, k=1, radius=0.0))
     server = start_cache()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stream = Stream(channel)
@@ -95,7 +76,7 @@ def test_a_rule_with_radius_zero_never_answers(
 def test_a_restarted_replica_starts_empty_and_relearns(
     store: BundleStore, start_cache, x0: np.ndarray
 ) -> None:
-    store.publish(with_live(make_bundle(seed=1), k=1, radius=0.1))
+    store.publish(with_live(make_bundle(seed=1), LAYER, k=1, radius=0.1))
     for attempt in range(2):  # the second service is the first one restarted
         server = start_cache()
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -109,7 +90,7 @@ def test_a_restarted_replica_starts_empty_and_relearns(
 def test_bad_label_messages_are_counted_and_the_stream_goes_on(
     store: BundleStore, start_cache, x0: np.ndarray
 ) -> None:
-    store.publish(with_live(make_bundle(seed=1), k=1, radius=0.1))
+    store.publish(with_live(make_bundle(seed=1), LAYER, k=1, radius=0.1))
     server = start_cache()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stream = Stream(channel)
@@ -169,7 +150,7 @@ def test_the_plan_asks_for_labels_only_where_a_live_rule_can_answer(
 ) -> None:
     """The inference service sends labels only when told: none for a rule that is off, or
     for a service started without a live memory."""
-    store.publish(with_live(make_bundle(seed=1), k=1, radius=radius))
+    store.publish(with_live(make_bundle(seed=1), LAYER, k=1, radius=radius))
     server = start_cache(live_rows=rows)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         plan = cache_pb2_grpc.CacheServiceStub(channel).GetPlan(
