@@ -44,6 +44,7 @@ def test_latency_bench_end_to_end(tmp_path: Path, assets: Path, resnet20_weights
             assert set(r[target]) >= SIDE and r[target]["n"] == 60
             assert r["errors"][target] == 0
         assert 0.0 <= r["hit_rate"] <= 1.0
+        assert r["live_hit_rate"] >= 0.0  # the cache service's own count, scraped per workload
         assert 0.9 <= r["agreement"] <= 1.0
         assert r["speedup_mean"] > 0 and r["speedup_vs_off"] > 0
         # plain serving is the base model: its answers are the ground truth's top-1 of it
