@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 
+from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.probes.bundle import Bundle
 from gati.probes.entries import tensor_spec
 from gati.probes.live import LiveRule
 from gati.probes.synthetic import random_bundle
+from gati.store import Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 
 MODEL = "resnet20"
@@ -107,3 +109,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.00
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(step)
     return time.perf_counter() - start
+
+
+def write_raw(store: BundleStore, version: int, data: bytes) -> None:
+    """What a broken or hostile publisher could do: any bytes stored as `version`, the pointer
+    moved and announced, with none of `BundleStore.publish`'s checks."""
+    r = store.client
+    r.set(names.bundle_key(MODEL, version), data)
+    r.zadd(names.bundle_versions_key(MODEL), {str(version): version})
+    r.set(names.bundle_pointer_key(MODEL), version)
+    r.publish(names.BUNDLE_CHANNEL, Announcement(MODEL, version).to_json())

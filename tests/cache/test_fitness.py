@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import pytest
 
-from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.probes.bundle import Bundle
 from gati.probes.costs import CostModel
@@ -19,7 +18,7 @@ from gati.probes.distill import TrainConfig
 from gati.probes.fit import FitConfig, fit_bundle
 from gati.probes.fitness import FitnessError, bundle_problems, fit_to_serve
 from gati.probes.synthetic import random_bundle
-from gati.store import Announcement, BundleStore
+from gati.store import BundleStore
 from services.cache.refresher import load_runtime, refusal_reason
 from tests.cache.helpers import (
     FINGERPRINT,
@@ -29,6 +28,7 @@ from tests.cache.helpers import (
     make_bundle,
     sample,
     wait_until,
+    write_raw,
 )
 
 
@@ -233,15 +233,6 @@ def test_a_probe_answering_another_class_count_is_unfit() -> None:
 
 
 # ---- through a real Redis -----------------------------------------------------------------
-def write_raw(store: BundleStore, version: int, data: bytes) -> None:
-    """A publisher that skips every check: bytes stored as `version`, pointer moved, announced."""
-    r = store.client
-    r.set(names.bundle_key(MODEL, version), data)
-    r.zadd(names.bundle_versions_key(MODEL), {str(version): version})
-    r.set(names.bundle_pointer_key(MODEL), version)
-    r.publish(names.BUNDLE_CHANNEL, Announcement(MODEL, version).to_json())
-
-
 def test_publish_refuses_an_unfit_bundle_and_writes_nothing(store: BundleStore) -> None:
     """The operator hears it at `gati probes publish`, not from a cache log later."""
     with pytest.raises(FitnessError, match="threshold must be a finite number"):

@@ -17,7 +17,15 @@ from gati.local.ports import free_port
 from gati.local.processes import start_redis
 from gati.store import Announcement, BundleStore
 from services.cache.server import CacheServer
-from tests.cache.helpers import MODEL, Stream, lookup_request, make_bundle, sample, wait_until
+from tests.cache.helpers import (
+    MODEL,
+    Stream,
+    lookup_request,
+    make_bundle,
+    sample,
+    wait_until,
+    write_raw,
+)
 
 
 def plan_version(stub: cache_pb2_grpc.CacheServiceStub) -> int:
@@ -29,15 +37,6 @@ def plan_version(stub: cache_pb2_grpc.CacheServiceStub) -> int:
 
 def refused(server: CacheServer, reason: str) -> float:
     return sample(server.metrics, "gati_cache_bundles_refused_total", model=MODEL, reason=reason)
-
-
-def write_raw(store: BundleStore, version: int, data: bytes) -> None:
-    """What a broken or hostile publisher could do: any bytes as a version, pointer moved."""
-    r = store.client
-    r.set(names.bundle_key(MODEL, version), data)
-    r.zadd(names.bundle_versions_key(MODEL), {str(version): version})
-    r.set(names.bundle_pointer_key(MODEL), version)
-    r.publish(names.BUNDLE_CHANNEL, Announcement(MODEL, version).to_json())
 
 
 class WritesMarker:
