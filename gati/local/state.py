@@ -185,11 +185,17 @@ def group_members(record: ProcessRecord) -> list[psutil.Process]:
     if record.pgid is None:
         return []
     try:
+        # Only the start time decides, never the status: a leader dying while we look (alive,
+        # then a zombie, then reaped) must not make its still-running children vanish.
         leader = psutil.Process(record.pgid)
-        if leader.status() != psutil.STATUS_ZOMBIE and not _is_ours(leader, record):
-            return []
+        started = leader.create_time()
+        if (
+            record.create_time is not None
+            and abs(started - record.create_time) >= _CREATE_TIME_TOLERANCE
+        ):
+            return []  # the pid was handed out again, so no process of our group is left
     except psutil.Error:
-        pass
+        pass  # the leader is gone: its leftover children are still ours
     members = []
     for proc in psutil.process_iter():
         try:
