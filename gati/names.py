@@ -23,8 +23,11 @@ PARAM_EXACT_HIT = "gati.exact_hit"  # response parameter, bool: served by the ex
 HEALTH_INFERENCE = "inference.GRPCInferenceService"
 HEALTH_CACHE = "gati.v1.CacheService"
 HEALTH_TRAINER = "gati.v1.Trainer"
+# trailing metadata of a NOT_FOUND GetPlan: a serialized PlanNotFound naming the models held
+PLAN_NOT_FOUND_KEY = "gati-plan-not-found-bin"
 
 # --- default ports (gRPC, then Prometheus metrics over HTTP) --------------------------------
+INFERENCE_HTTP_PORT = 8000  # Triton's REST (HTTP/JSON) port
 INFERENCE_PORT = 8001  # Triton's gRPC port, so clients need no change
 INFERENCE_METRICS_PORT = 8002
 CACHE_PORT = 8011

@@ -79,6 +79,8 @@ def served_inference(
             str(port),
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
             "--model",
             model,
             "--arch",

@@ -33,6 +33,9 @@ class InferenceConfig:
     host: str = _f("0.0.0.0", "address to bind")
     port: int = _f(names.INFERENCE_PORT, "gRPC port (0 picks a free one)")
     metrics_port: int = _f(names.INFERENCE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
+    http_port: int = _f(
+        names.INFERENCE_HTTP_PORT, "REST (HTTP/JSON) port, Triton's (0 picks a free one, -1: off)"
+    )
     model: str | None = _f(None, "name of the served model")
     arch: str | None = _f(None, "architecture: resnet20/32/44/56 or package.module:function")
     weights: str | None = _f(None, "path to the model's weights")
@@ -69,6 +72,7 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
+        require(-1 <= self.http_port < 65536, "http_port", f"must be -1..65535: {self.http_port}")
         require(self.threads >= 0, "threads", "must be >= 0 (0: torch's default)")
         require(self.workers >= 1, "workers", "must be at least 1")
         require(self.max_batch >= 1, "max_batch", "must be at least 1")

@@ -1,4 +1,4 @@
-"""`gati serve inference`: serve models over the Open Inference Protocol v2 (gRPC)."""
+"""`gati serve inference`: serve models over the Open Inference Protocol v2 (gRPC, REST)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = cfg.load(InferenceConfig, args)
     server = build(config)
-    print(f"gati inference service listening on {config.host}:{server.port}", flush=True)
-    server.handle.wait_for_signal(config.drain_seconds)
+    rest = f", REST on port {server.http_port}" if server.http_port is not None else ""
+    print(f"gati inference service listening on {config.host}:{server.port}{rest}", flush=True)
+    server.wait_for_signal(config.drain_seconds)
     server.close_clients()
     return 0

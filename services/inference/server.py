@@ -1,9 +1,12 @@
-"""Wiring of the inference service: models, engine, cache client, records, gRPC server."""
+"""Wiring of the inference service: models, engine, cache client, records, and the two
+transports (gRPC, REST) over one data plane."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,10 +14,11 @@ from gati import names
 from gati.api import grpc_service_pb2, grpc_service_pb2_grpc
 from gati.models import load_model
 from services.common import cpus
-from services.common.grpc_server import GrpcServer, build_server
+from services.common.grpc_server import GrpcServer, build_server, wait_for_signal
 from services.common.metrics import serve_metrics
 from services.inference.cache_client import CacheClient
 from services.inference.config import InferenceConfig
+from services.inference.dataplane import DataPlane
 from services.inference.engine import Engine, RecordSink, ServedModel
 from services.inference.exact_cache import ExactCache
 from services.inference.guard import LiveGuard
@@ -22,6 +26,9 @@ from services.inference.metrics import InferenceMetrics
 from services.inference.payoff import PayoffGuard
 from services.inference.servicer import InferenceServicer
 from services.inference.shadow import ShadowRunner
+
+if TYPE_CHECKING:
+    from services.inference.rest import RestServer
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +42,38 @@ class InferenceServer:
     cache: CacheClient | None
     recorder: RecordSink | None
     shadow: ShadowRunner | None
+    plane: DataPlane
+    rest: RestServer | None = None  # None: REST is off (--http-port -1)
 
     @property
     def port(self) -> int:
         return self.handle.port
 
+    @property
+    def http_port(self) -> int | None:
+        """The REST port bound (None: REST is off)."""
+        return self.rest.port if self.rest is not None else None
+
     def stop(self, grace: float = 0.0) -> None:
-        self.handle.stop(grace)
+        self.drain(grace)
         self.close_clients()
+
+    def drain(self, grace: float) -> None:
+        """Both transports refuse new requests and finish in-flight ones, side by side,
+        within `grace` seconds (health NOT_SERVING first, for gRPC and REST alike)."""
+        self.handle.set_serving(False)
+        rest = None
+        if self.rest is not None:
+            rest = threading.Thread(target=self.rest.stop, args=(grace,), name="rest-drain")
+            rest.start()
+        self.handle.stop(grace)
+        if rest is not None:
+            rest.join()
+
+    def wait_for_signal(self, grace: float) -> None:
+        """Block until SIGTERM or SIGINT, then drain (main thread only)."""
+        wait_for_signal(grace)
+        self.drain(grace)
 
     def close_clients(self) -> None:
         self.metrics.threads.close()  # the threads end on purpose from here on
@@ -136,17 +167,39 @@ def build(config: InferenceConfig) -> InferenceServer:
         caches_enabled=config.caches,
         record_layers=config.record_layers,
     )
+    plane = DataPlane(engine, metrics, live=lambda: _live(handle), ready=lambda: _ready(handle))
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(engine, metrics), server
+        InferenceServicer(plane), server
     )
+    rest = None
+    if config.http_port >= 0:
+        from services.inference.rest import RestServer  # aiohttp only where REST is served
+
+        rest = RestServer(
+            plane, config.host, config.http_port, config.workers, config.max_message_bytes
+        )
+        metrics.threads.watch("rest-loop", rest.thread)
     server.start()
-    metrics.threads.guard(handle)  # a dead recorder, shadow pool or cache thread: NOT_SERVING
+    metrics.threads.guard(handle)  # a dead recorder, shadow pool, cache or REST thread: NOT_SERVING
     metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
     handle.set_serving(True)
     log.info(
-        "inference service on port %d (metrics %s), models: %s",
+        "inference service on port %d (REST %s, metrics %s), models: %s",
         handle.port,
+        rest.port if rest is not None else "off",
         metrics_port,
         ", ".join(models),
     )
-    return InferenceServer(handle, engine, metrics, metrics_port, cache, recorder, shadow)
+    return InferenceServer(
+        handle, engine, metrics, metrics_port, cache, recorder, shadow, plane, rest
+    )
+
+
+def _live(handle: GrpcServer) -> bool:
+    """gRPC health's overall status ("") is SERVING: what REST and ServerLive report."""
+    return handle.wanted and not handle.failing()
+
+
+def _ready(handle: GrpcServer) -> bool:
+    """gRPC health's service name is SERVING: what REST and ServerReady report."""
+    return _live(handle) and not handle.unready()

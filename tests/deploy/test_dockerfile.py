@@ -20,6 +20,7 @@ from packaging.version import Version
 
 from gati import names
 from gati.cli import COMMANDS
+from services.inference.config import InferenceConfig
 from tests.deploy import k8s_checks as k8s
 from tests.deploy import kustomize_lite as kl
 
@@ -30,7 +31,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # version pyproject's [build-system].requires accepts (and one version throughout).
 BUILD_TOOLS = {"setuptools"}
 PORTS = {
-    "inference": {names.INFERENCE_PORT, names.INFERENCE_METRICS_PORT},
+    "inference": {InferenceConfig.http_port, names.INFERENCE_PORT, names.INFERENCE_METRICS_PORT},
     "cache": {names.CACHE_PORT, names.CACHE_METRICS_PORT},
     "trainer": {names.TRAINER_PORT, names.TRAINER_METRICS_PORT},
 }

@@ -56,6 +56,7 @@ DEFAULT_PORTS = {
     "cache": (names.CACHE_PORT, names.CACHE_METRICS_PORT),
     "trainer": (names.TRAINER_PORT, names.TRAINER_METRICS_PORT),
 }
+HTTP_PORT = InferenceConfig.http_port  # the REST binding's default, Triton's 8000
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of")
 VERSION = tomllib.loads((k8s.REPO / "pyproject.toml").read_text())["project"]["version"]
 
@@ -178,7 +179,8 @@ def check_ports_and_health(objs: list[dict], label: str) -> None:
         cfg = effective_config(c, service, objs)
         health = SERVICES[service][1]
         ports = {p["containerPort"] for p in c.get("ports", [])}
-        assert ports == {cfg.port, cfg.metrics_port}, where
+        served = {cfg.port, cfg.metrics_port, getattr(cfg, "http_port", -1)} - {-1}
+        assert ports == served, where
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert probe in c, f"{where}: no {probe}"
             assert c[probe]["grpc"]["port"] == cfg.port, f"{where}: {probe} port"
@@ -215,7 +217,7 @@ def test_prometheus_annotations_name_the_metrics_port(overlay: Path) -> None:
 def test_the_clients_port_is_tritons() -> None:
     for overlay in OVERLAYS:
         svc = k8s.find(objs_of(overlay), "Service", "gati-inference")
-        assert [p["port"] for p in svc["spec"]["ports"]] == [names.INFERENCE_PORT]
+        assert [p["port"] for p in svc["spec"]["ports"]] == [names.INFERENCE_PORT, HTTP_PORT]
 
 
 def _service_reaches(objs: list[dict], host: str, port: int, service: str) -> bool:
@@ -492,11 +494,13 @@ BASE_PATHS = {
     # clients (anywhere, the cluster included) -> inference
     ("world", "gati-inference", names.INFERENCE_PORT),
     ("prometheus", "gati-inference", names.INFERENCE_PORT),
+    ("world", "gati-inference", HTTP_PORT),  # the REST binding
+    ("prometheus", "gati-inference", HTTP_PORT),
     # Prometheus -> every metrics port
     ("prometheus", "gati-inference", names.INFERENCE_METRICS_PORT),
     ("prometheus", "gati-cache", names.CACHE_METRICS_PORT),
     ("prometheus", "gati-trainer", names.TRAINER_METRICS_PORT),
-    # the architecture (DESIGN.md section 2)
+    # the architecture: inference -> cache and Kafka, trainer -> Kafka and Redis, cache -> Redis
     ("gati-inference", "gati-cache", names.CACHE_PORT),
     ("gati-inference", "gati-kafka", KAFKA),
     ("gati-trainer", "gati-kafka", KAFKA),

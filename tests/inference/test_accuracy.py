@@ -20,6 +20,7 @@ def test_resnet20_top1_through_grpc_on_full_test_set(assets: Path, resnet20_weig
         InferenceConfig(
             port=0,
             metrics_port=-1,
+            http_port=-1,
             model="r20",
             arch="resnet20",
             weights=str(resnet20_weights),

@@ -58,7 +58,8 @@ def test_plan_loop_goes_on_after_an_error_and_its_death_turns_health_off(
         wait_for(lambda: client.plan(MODEL) is not None, "the first plan")
         assert errors(metrics, "cache-plan") == 0
         row = status_row("inference", server.port, server.metrics_port, names.HEALTH_INFERENCE)
-        assert row.ok and row.dead_threads == [] and row.freshness == {"plans": {MODEL: 1}}
+        assert row.ok and row.dead_threads == [] and row.freshness["plans"] == {MODEL: 1}
+        assert not row.freshness["missing"]  # None (never missing) or {} (found since)
 
         def broken() -> None:
             raise ValueError("a plan reply this client cannot read")

@@ -30,6 +30,7 @@ def server(resnet20_weights: Path) -> Iterator[InferenceServer]:
         InferenceConfig(
             port=0,
             metrics_port=0,
+            http_port=-1,
             model="cifar",
             arch="resnet20",
             weights=str(resnet20_weights),
@@ -199,7 +200,11 @@ def test_bad_input_gets_clear_errors_and_service_stays_healthy(
 def test_nan_and_inf_refused_for_float_models(tmp_path: Path) -> None:
     srv = build(
         InferenceConfig(
-            port=0, metrics_port=-1, model="tiny", arch="tests.inference.user_model:build"
+            port=0,
+            metrics_port=-1,
+            http_port=-1,
+            model="tiny",
+            arch="tests.inference.user_model:build",
         )
     )
     try:

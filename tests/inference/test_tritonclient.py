@@ -38,6 +38,8 @@ def test_tritonclient_talks_to_gati(tmp_path: Path, resnet20_weights: Path, asse
             str(resnet20_weights),
             "--metrics-port",
             "-1",
+            "--http-port",
+            "-1",
         ),
         tmp_path / "inference.log",
     ).start()

@@ -38,6 +38,7 @@ def in_process_stack(
                 "host": "127.0.0.1",
                 "port": 0,
                 "metrics_port": -1,
+                "http_port": -1,
                 "model": MODEL,
                 "arch": "resnet20",
                 "weights": str(weights),

@@ -216,6 +216,7 @@ def test_cache_service_down_means_full_model_then_hits_return(
             host="127.0.0.1",
             port=0,
             metrics_port=-1,
+            http_port=-1,
             model=MODEL,
             arch="resnet20",
             weights=str(resnet20_weights),
