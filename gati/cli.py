@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+from urllib.parse import urlsplit
 
+from gati import __version__
 from gati.config import ConfigError
 
 # (group, command) -> (module, one-line help). group None: a top-level command.
@@ -41,21 +43,73 @@ GROUP_HELP = {
 }
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_STATES_DEFAULT = ("%(default)", "default:", "(default ", "; default ")  # help that says it
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions' newlines and shows every option's default.
+
+    `(default: X)` is appended unless the help already states the default, or there is none
+    to show (None: the help says what unset means). Defaults read from the environment can
+    be secrets: a password's is never shown, nor the password inside a URL."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if any(s in text for s in _STATES_DEFAULT) or "password" in action.dest:
+            return text
+        if action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {_redacted(action.default).replace('%', '%%')})"
+
+
+def _redacted(value: object) -> str:
+    text = str(value)
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            return text.replace(f":{parts.password}@", ":***@", 1)
+    return text
+
+
+def _common_options(top: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after any (sub)command; below the top, a flag not given
+    is left out of the namespace (SUPPRESS) so it never overwrites the top-level value."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        default="INFO" if top else argparse.SUPPRESS,
+        help=f"logging level: {', '.join(LOG_LEVELS)}; before or after any command (default: INFO)",
+    )
+    return common
+
+
 def _build_parser(chosen: tuple[str | None, str] | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gati", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser = argparse.ArgumentParser(
+        prog="gati",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+        parents=[_common_options(top=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"gati {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    below = {"formatter_class": HelpFormatter, "parents": [_common_options(top=False)]}
     groups: dict[str, argparse._SubParsersAction] = {}
     for (group, name), (module, help_text) in COMMANDS.items():
         if group is None:
-            sub = top.add_parser(name, help=help_text, description=help_text)
+            sub = top.add_parser(name, help=help_text, description=help_text, **below)
         else:
             if group not in groups:
-                gp = top.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+                gp = top.add_parser(
+                    group, help=GROUP_HELP[group], description=GROUP_HELP[group], **below
+                )
                 groups[group] = gp.add_subparsers(
                     dest="subcommand", metavar="SUBCOMMAND", required=True
                 )
-            sub = groups[group].add_parser(name, help=help_text, description=help_text)
+            sub = groups[group].add_parser(name, help=help_text, description=help_text, **below)
         if (group, name) == chosen:
             mod = importlib.import_module(module)
             mod.add_arguments(sub)
@@ -70,7 +124,7 @@ def _chosen(argv: list[str]) -> tuple[str | None, str] | None:
         if skip:
             skip = False
         elif a == "--log-level":
-            skip = True  # its value is not a command word
+            skip = True  # its value is not a command word (`--log-level=X` is one word)
         elif not a.startswith("-"):
             words.append(a)
     if words and (None, words[0]) in COMMANDS:

@@ -68,21 +68,28 @@ def _parse(field: dataclasses.Field, hint: Any, raw: Any) -> Any:
         raise ConfigError(f"{field.name}: {exc}") from None
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The value a field takes when neither flag, environment nor file sets it."""
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else None
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field (default None, so unset flags fall through to env and file)."""
+    """One flag per field (default None, so unset flags fall through to env and file).
+
+    A bool field is a plain flag pair, `--name` / `--no-name` (its env and file values are
+    still parsed as true/false)."""
     parser.add_argument("--config", help="YAML or JSON file with settings (flags win over it)")
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        parser.add_argument(
-            flag_name(f.name),
-            dest=f.name,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"{help_text} (env {env_name(f.name)}; default {default!r})",
+        help_text = f"{f.metadata.get('help', '')} (env {env_name(f.name)}; "
+        help_text += f"default: {field_default(f)!r})"
+        is_bool = _base_type(hints[f.name]) is bool
+        kind: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction} if is_bool else {"metavar": f.name.upper()}
         )
+        parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=help_text, **kind)
 
 
 def load(

@@ -10,6 +10,7 @@ import pytest
 from gati import config as cfg
 from services.cache.config import CacheConfig
 from services.inference.config import InferenceConfig, ModelSpec
+from services.trainer.config import TrainerConfig
 
 
 def _args(cls: type, argv: list[str]) -> argparse.Namespace:
@@ -29,6 +30,24 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     assert c.workers == 3  # file
     assert c.caches is False
     assert c.max_batch == 256  # default
+
+
+def test_bool_settings_are_flag_pairs() -> None:
+    required = ["--model", "a", "--arch", "r"]
+    env = {"GATI_CACHES": "false"}
+    assert cfg.load(InferenceConfig, _args(InferenceConfig, required), env).caches is False
+    on = _args(InferenceConfig, [*required, "--caches"])
+    assert cfg.load(InferenceConfig, on, env).caches is True  # the flag beats the environment
+    off = _args(InferenceConfig, [*required, "--no-caches"])
+    assert cfg.load(InferenceConfig, off, {}).caches is False
+    assert (
+        cfg.load(
+            TrainerConfig, _args(TrainerConfig, ["--no-group-neighbours"]), {}
+        ).group_neighbours
+        is False
+    )
+    with pytest.raises(SystemExit):  # a plain flag takes no value
+        _args(InferenceConfig, [*required, "--caches", "false"])
 
 
 def test_invalid_values_name_the_field() -> None:

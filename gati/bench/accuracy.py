@@ -25,14 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", required=True, help="resnet20/32/44/56 or package.module:fn")
     parser.add_argument("--weights", required=True, help="model weights")
     parser.add_argument("--data", required=True, help="npz or CIFAR-10 python archive")
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--stop", type=int, default=None)
+    parser.add_argument("--start", type=int, default=0, help="first image of the range")
+    parser.add_argument(
+        "--stop", type=int, default=None, help="end of the range, exclusive (default: all)"
+    )
     parser.add_argument("--batch", type=int, default=250, help="batch size for the top-1 pass")
     parser.add_argument(
         "--latency-samples", type=int, default=300, help="batch-1 requests timed each way (0: skip)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads, in-process and of the served model (0: torch's default)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the figures here as JSON")
 
 
 def request(batch: np.ndarray) -> pb.ModelInferRequest:
@@ -47,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     x, y = load_dataset(args.data, args.start, args.stop)
-    extra = ["--exact-cache-entries", "0"] + (
-        ["--threads", str(args.threads)] if args.threads else []
-    )
+    extra = ["--exact-cache-entries", "0", "--threads", str(args.threads)]
     with (
         tempfile.TemporaryDirectory() as logs,
         served_inference(Path(logs), "bench", args.arch, args.weights, *extra) as port,

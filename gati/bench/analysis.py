@@ -15,7 +15,7 @@ import numpy as np
 
 from gati.bench.load import Run
 
-WINDOW = 1000  # requests per agreement window (DESIGN.md section 5)
+WINDOW = 1000  # requests per agreement window (the per-window agreement bar)
 SERIES_BIN = 100  # requests per point of the over-time series
 RECOVERY_WINDOW = 100  # trailing requests over which recovery is judged
 RECOVERY_LEVEL = 0.9  # back to this share of the phase's steady-state hit rate
@@ -229,7 +229,7 @@ def exit_profile(req: Requests, plain: Requests) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class Goal:
-    """One number DESIGN.md section 5 holds us to, and what one system measured."""
+    """One number the project's targets hold us to, and what one system measured."""
 
     name: str
     workload: str

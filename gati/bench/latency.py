@@ -55,8 +55,8 @@ FULL_MODEL = "full model"  # compute_floors' entry for the whole forward pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", required=True)
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("--arch", required=True, help="resnet20/32/44/56 or package.module:fn")
+    parser.add_argument("--weights", required=True, help="model weights")
     parser.add_argument("--data", required=True, help="npz or CIFAR-10 python archive")
     parser.add_argument("--bundle", help="bundle directory (default: fit one first)")
     parser.add_argument("--fit-start", type=int, default=0, help="images used to fit (start)")
@@ -64,15 +64,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=int, default=5000, help="images measured (start)")
     parser.add_argument("--stop", type=int, default=10000, help="images measured (stop)")
     parser.add_argument("--requests", type=int, default=1000, help="requests per workload")
-    parser.add_argument("--workloads", default="uniform,class-locality,instance-locality")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--workloads",
+        default="uniform,class-locality,instance-locality",
+        help="comma-separated workloads, each measured on its own stream",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="stream seed")
+    parser.add_argument("--json", metavar="PATH", help="write the figures here as JSON")
     parser.add_argument("--report", help="write a Markdown report here")
     parser.add_argument("--log-dir", help="keep service logs here")
     parser.add_argument(
-        "--no-pin",
-        action="store_true",
-        help="leave every process to the OS scheduler (both servers), as `gati up --no-pin`",
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="place cores as `gati up` does (both servers); --no-pin leaves every process to "
+        "the OS scheduler",
     )
 
 
@@ -260,7 +266,7 @@ def measure(args: argparse.Namespace, logs: Path) -> dict:
             args.fit_start,
             args.fit_stop,
             logs / "bundle",
-            "--model-id",
+            "--model",
             MODEL,
         )
     )
@@ -274,11 +280,9 @@ def measure(args: argparse.Namespace, logs: Path) -> dict:
             args.arch,
             args.weights,
             inference_args=("--exact-cache-entries", "0"),
-            pin=not args.no_pin,
+            pin=args.pin,
         ) as stack,
-        plain_server(
-            logs / "plain", MODEL, args.arch, args.weights, pin=not args.no_pin
-        ) as plain_port,
+        plain_server(logs / "plain", MODEL, args.arch, args.weights, pin=args.pin) as plain_port,
     ):
         bare = pingpong()
         delay = 0.0

@@ -1,6 +1,6 @@
 """report.md of `gati bench report`, written from report.json's figures (no measuring here).
 
-The text states each figure against the goal it answers to (DESIGN.md section 5) and the
+The text states each figure against the goal it answers to (the project's targets) and the
 paper's headline, as measured, met or not; hand-written analysis comes in through `notes`.
 """
 
@@ -282,7 +282,7 @@ def render(report: dict, images: dict[str, str], notes: str | None = None) -> st
     if s["trainer_args"]:
         lines.append(f"- trainer flags: `{s['trainer_args']}`")
     if s["fit_args"]:
-        lines.append(f"- `gati probes fit` flags: `--lookup remote {s['fit_args']}`")
+        lines.append(f"- `gati probes fit` flags: `--lookup-mode remote {s['fit_args']}`")
     if s["quick"]:
         lines.append("- **--quick**: smoke settings, not a measurement to quote")
     b = report.get("bundle")
@@ -313,7 +313,7 @@ def render(report: dict, images: dict[str, str], notes: str | None = None) -> st
         "any 1000 consecutive requests (the whole stream when shorter). miss path: mean latency "
         "of the requests no cache answered, over the same requests served plain.",
         "",
-        "## Against the goals (DESIGN.md section 5) and the paper",
+        "## Against the goals and the paper",
         "",
     ]
     lines += [f"- {t}" for t in findings(report)]

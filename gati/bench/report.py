@@ -1,13 +1,13 @@
 """`gati bench report`: plain serving, an exact-match cache, static early exits and gati
 online, on the same request streams, in one run on one machine; Markdown, PNGs and JSON.
 
-    gati bench report --arch resnet56 --weights W.th --data test.npz --out docs/report
+    gati bench report --arch resnet56 --weights W.th --data test.npz --report-dir docs/report
 
 The dataset is split in two: probes are fitted offline on images `--fit-start..--fit-stop`
 (`gati probes fit`), and every workload's stream is built over `--stream-start..--stream-stop`,
 images the offline probes never saw. For each workload every system answers the identical
 stream through real processes (`gati.bench.systems`); the base model's own answer for every
-request is computed in-process beforehand, so agreement is exact. Writes to --out:
+request is computed in-process beforehand, so agreement is exact. Writes to --report-dir:
 report.md, report.json (figures, command, commit), requests.npz (every request of every
 run) and the plots. `--rerender` rebuilds report.md and the plots from those two files
 (e.g. to add `--notes`) without measuring again.
@@ -70,8 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="model architecture, e.g. resnet56 (required to measure)")
     parser.add_argument("--weights", help="model weights (required to measure)")
     parser.add_argument("--data", help="images: npz or CIFAR-10 archive (required to measure)")
-    parser.add_argument("--out", required=True, help="directory for report.md, JSON and plots")
-    parser.add_argument("--requests", type=int, help="requests per workload (default 4000)")
+    parser.add_argument(
+        "--report-dir", required=True, help="directory for report.md, JSON and plots"
+    )
+    parser.add_argument("--requests", type=int, help="requests per workload (default: 4000)")
     parser.add_argument(
         "--workloads",
         help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)",
@@ -83,21 +85,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bundle", help="offline bundle directory (default: fit one first)")
     parser.add_argument("--fit-start", type=int, default=0, help="offline fitting images: start")
-    parser.add_argument("--fit-stop", type=int, help="offline fitting images: stop (default 5000)")
-    parser.add_argument("--stream-start", type=int, help="stream images: start (default 5000)")
+    parser.add_argument("--fit-stop", type=int, help="offline fitting images: stop (default: 5000)")
+    parser.add_argument("--stream-start", type=int, help="stream images: start (default: 5000)")
     parser.add_argument("--stream-stop", type=int, help="stream images: stop (default: all)")
     parser.add_argument(
         "--fit-args",
-        help="more flags for `gati probes fit`, one string (always: --lookup remote)",
+        help="more flags for `gati probes fit`, one string (always: --lookup-mode remote)",
     )
     parser.add_argument(
         "--trainer-args", help="more flags for `gati serve trainer` (online), one string"
     )
-    parser.add_argument("--drift-every", type=int, help="drift: requests per phase (default 2000)")
+    parser.add_argument("--drift-every", type=int, help="drift: requests per phase (default: 2000)")
     parser.add_argument(
         "--drift-base",
         choices=("class-locality", "instance-locality"),
-        help="what drifts (default class-locality)",
+        help="what drifts (default: class-locality)",
     )
     parser.add_argument(
         "--rate",
@@ -105,23 +107,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="pace the stream: request i goes out no earlier than i / RATE s (0: back to back)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads of inference")
     parser.add_argument(
-        "--exact-entries", type=int, default=10000, help="exact-match cache size (exact system)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of each inference service (0: torch's default)",
+    )
+    parser.add_argument(
+        "--exact-cache-entries",
+        type=int,
+        default=10000,
+        help="entries of the exact-match cache (the exact system)",
     )
     parser.add_argument("--seed", type=int, default=0, help="stream seed")
-    parser.add_argument("--warmup", type=int, help="unmeasured requests before each run")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"unmeasured requests before each run (default: {WARMUP_IMAGES})",
+    )
     parser.add_argument("--log-dir", help="keep service logs and the fitted bundle here")
     parser.add_argument("--notes", help="Markdown file included in the report as its notes")
     parser.add_argument(
         "--quick",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="smoke settings for CI: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
     )
     parser.add_argument(
         "--rerender",
-        action="store_true",
-        help="rebuild report.md and plots from --out's report.json and requests.npz",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="rebuild report.md and plots from --report-dir's report.json and requests.npz",
     )
 
 
@@ -168,7 +184,7 @@ def _settings(args: argparse.Namespace) -> dict:
         fit_start=args.fit_start,
         rate=args.rate,
         threads=args.threads,
-        exact_entries=args.exact_entries,
+        exact_entries=args.exact_cache_entries,
         seed=args.seed,
         quick=args.quick,
         bundle=args.bundle,
@@ -224,7 +240,7 @@ def measure(s: dict, work: Path) -> tuple[dict, dict[str, np.ndarray]]:
             s["fit_start"],
             s["fit_stop"],
             work / "bundle",
-            "--model-id",
+            "--model",
             MODEL,
             *shlex.split(s["fit_args"]),
         )
@@ -337,7 +353,7 @@ def _print_summary(report: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.report_dir)
     notes = Path(args.notes).read_text() if args.notes else None
     if args.rerender:
         previous = json.loads((out / "report.json").read_text())

@@ -101,9 +101,9 @@ def fit_bundle_cli(
         str(start),
         "--stop",
         str(stop),
-        "--out",
+        "--bundle",
         str(out),
-        "--lookup",
+        "--lookup-mode",
         "remote",
         *extra,
     )
@@ -209,7 +209,7 @@ def local_stack(
                 *trainer_args,
                 metrics_ports=metrics_ports,
             )
-        extra = ["--cpus", model_cpus, *inference_args]
+        extra = ["--cpus", model_cpus, "--http-port", "-1", *inference_args]
         if cache:
             extra += ["--cache-address", f"127.0.0.1:{cache_port}"]
         if bootstrap:
@@ -252,7 +252,7 @@ def plain_server(
             port,
             names.HEALTH_INFERENCE,
             "--model", model, "--arch", arch, "--weights", weights,
-            "--exact-cache-entries", "0", "--cpus", model_cpus,
+            "--exact-cache-entries", "0", "--cpus", model_cpus, "--http-port", "-1",
             metrics_ports={},
             kind_command="inference",
         )  # fmt: skip

@@ -59,13 +59,13 @@ class StackOptions:
     arch: str
     weights: str
     bundle: Path | None  # the offline bundle (static, online)
-    threads: int  # torch threads of the inference service (0: its default)
+    threads: int  # torch intra-op threads of the inference service (0: torch's default)
     exact_entries: int  # size of the exact-match cache of the `exact` system
     trainer_args: tuple[str, ...] = ()
     inference_args: tuple[str, ...] = ()  # extra flags for every inference service
 
     def inference_flags(self, exact_entries: int = 0) -> tuple[str, ...]:
-        threads = ("--threads", str(self.threads)) if self.threads else ()
+        threads = ("--threads", str(self.threads))
         return ("--exact-cache-entries", str(exact_entries), *threads, *self.inference_args)
 
 

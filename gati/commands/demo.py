@@ -36,7 +36,7 @@ MODEL = "cifar"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", help="folder with cifar10/test.npz and models/*.th")
-    parser.add_argument("--arch", default="resnet56")
+    parser.add_argument("--arch", default="resnet56", help="resnet20/32/44/56 or pkg.mod:func")
     parser.add_argument("--weights", help="weights (default: ASSETS/models/ARCH-*.th)")
     parser.add_argument("--data", help="images (default: ASSETS/cifar10/test.npz)")
     parser.add_argument("--requests", type=int, default=6000, help="length of the stream")
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also send every Nth request with caches off, right after it (latency reference)",
     )
     parser.add_argument("--run-dir", default=".gati/demo", help="state, logs and the report")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="stream seed")
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, str]:

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
-        help=f"seconds from SIGTERM to SIGKILL, per process (default {DEFAULT_TIMEOUT:.0f})",
+        help="seconds from SIGTERM to SIGKILL, per process",
     )
 
 

@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir",
         default=st.DEFAULT_RUN_DIR,
-        help="where state and logs go (default .gati under the current directory)",
+        help="where state and logs go, relative to the current directory",
     )
     parser.add_argument("--arch", default="resnet56", help="resnet20/32/44/56 or pkg.mod:func")
     parser.add_argument("--model", default=None, help="served model name (default: the arch)")
@@ -105,12 +105,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(names.ENV_PREFIX + "REDIS_PASSWORD"),
         help="AUTH password of --redis-url (env GATI_REDIS_PASSWORD, or put it in the URL)",
     )
-    parser.add_argument("--no-cache", action="store_true", help="no cache service")
-    parser.add_argument("--no-trainer", action="store_true", help="no trainer service")
     parser.add_argument(
-        "--no-records",
-        action="store_true",
-        help="the inference service sends no activation records (with --no-trainer: no broker)",
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the cache service (--no-cache: none)",
+    )
+    parser.add_argument(
+        "--trainer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the trainer service (--no-trainer: none)",
+    )
+    parser.add_argument(
+        "--records",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the inference service sends activation records (--no-records with --no-trainer: "
+        "no broker)",
     )
     parser.add_argument(
         "--ports",
@@ -118,22 +130,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT_BASE,
         metavar="BASE",
         help="port base: inference BASE+1 (metrics +2), cache +11/+12, trainer +21/+22, "
-        "Redis +79, Kafka +92; 0 picks free ports (default 8000)",
+        "Redis +79, Kafka +92; 0 picks free ports",
     )
+    parser.add_argument("--host", default=LOCALHOST, help="address the services bind")
     parser.add_argument(
-        "--host", default=LOCALHOST, help="address the services bind (default 127.0.0.1)"
-    )
-    parser.add_argument(
-        "--no-pin",
-        action="store_true",
-        help="leave core placement to the OS (default: the model on the first core, the other "
-        "services on the rest)",
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the model on the first core, the other services on the rest (--no-pin: core "
+        "placement left to the OS)",
     )
     parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
-        help="seconds the services have to become healthy (default 180)",
+        help="seconds the services have to become healthy",
     )
 
 
@@ -142,7 +153,7 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
     if weights is None and ":" not in args.arch:
         raise UsageError(
             f"--weights PATH is required for {args.arch} "
-            "(e.g. --weights ../shared/assets/models/resnet56-4bfd9763.th)"
+            "(e.g. --weights ASSETS/models/resnet56-4bfd9763.th; README: Data and weights)"
         )
     if weights is not None and not weights.is_file():
         raise UsageError(f"--weights {args.weights}: no such file")
@@ -159,12 +170,12 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
         model=args.model or args.arch.rpartition(":")[2],
         redis_url=args.redis_url,
         redis_password=args.redis_password or None,
-        cache=not args.no_cache,
-        trainer=not args.no_trainer,
-        records=not args.no_records,
+        cache=args.cache,
+        trainer=args.trainer,
+        records=args.records,
         port_base=args.ports,
         host=args.host,
-        pin=not args.no_pin,
+        pin=args.pin,
         timeout=args.timeout,
     )
 
@@ -362,13 +373,16 @@ def _service_plan(
     model_cpus, other_cpus = cpus.one_machine_layout() if opts.pin else ("", "")
     plan = []
 
-    def service(name: str, health: str, *flags: str) -> None:
+    def service(name: str, health: str, *flags: str, http: int | None = None) -> None:
         port, metrics = ports[name], ports[f"{name}_metrics"]
+        port_map = {"grpc": port, "metrics": metrics}
+        if http is not None:  # the REST binding beside gRPC (state.json keeps its port)
+            flags, port_map["http"] = (*flags, "--http-port", str(http)), http
         argv = gati_argv(
             "serve", name, "--host", opts.host, "--port", str(port),
             "--metrics-port", str(metrics), *flags,
         )  # fmt: skip
-        plan.append((name, argv, f"{connect}:{port}", {"grpc": port, "metrics": metrics}, health))
+        plan.append((name, argv, f"{connect}:{port}", port_map, health))
 
     if opts.cache:
         assert redis_url is not None
@@ -384,7 +398,10 @@ def _service_plan(
     if opts.records:
         assert kafka_address is not None
         extra += ["--kafka-bootstrap", kafka_address]
-    service("inference", names.HEALTH_INFERENCE, *model_flags, *extra, "--cpus", model_cpus)
+    service(
+        "inference", names.HEALTH_INFERENCE, *model_flags, *extra, "--cpus", model_cpus,
+        http=layout.free_port(),
+    )  # fmt: skip
     return plan
 
 

@@ -1,6 +1,6 @@
 """Lookup round trip vs a bare gRPC bidi ping-pong, between processes on this machine.
 
-The target (DESIGN.md section 5) is a lookup's p50 round trip within 1.2x of a bare ping-pong.
+The target is a lookup's p50 round trip within 1.2x of a bare ping-pong.
 Both servers run as separate processes on loopback with the same message sizes: an *echo*
 server (the same gati.v1 Lookup method on the same grpc.aio server, answering without
 evaluating anything) and `gati serve cache` with a bundle from a private Redis. One client
@@ -237,10 +237,23 @@ def table(results: list[RoundTrips]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="round trips per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
-    parser.add_argument("--selector", default="logistic", help="max-softmax or logistic")
+    parser.add_argument(
+        "--selector",
+        choices=("max-softmax", "logistic"),
+        default="logistic",
+        help="selector of the probe looked up",
+    )
     parser.add_argument("--memory", type=int, default=512, help="novelty memory entries (0: none)")
-    parser.add_argument("--json", default=None, help="write the figures here")
-    parser.add_argument("--echo", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--json", default=None, metavar="PATH", help="write the figures here as JSON"
+    )
+    parser.add_argument(
+        "--echo",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="internal: only serve the bare ping-pong on PORT (how the benchmark starts it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ def test_quick_report_end_to_end(tmp_path: Path, assets: Path, resnet20_weights:
         str(resnet20_weights),
         "--data",
         str(assets / "cifar10" / "test.npz"),
-        "--out",
+        "--report-dir",
         str(out),
         "--log-dir",
         str(tmp_path / "work"),
@@ -110,7 +110,7 @@ def test_quick_report_end_to_end(tmp_path: Path, assets: Path, resnet20_weights:
     notes = tmp_path / "notes.md"
     notes.write_text("Hand-written analysis goes here.\n")
     again = subprocess.run(
-        gati_argv("bench", "report", "--rerender", "--notes", str(notes), "--out", str(out)),
+        gati_argv("bench", "report", "--rerender", "--notes", str(notes), "--report-dir", str(out)),
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -191,6 +192,18 @@ def test_weights_are_required_for_builtin_models(tmp_path: Path) -> None:
     assert opts.weights is None and opts.model == "build"
 
 
+def test_up_booleans_are_flag_pairs(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    up.add_arguments(parser)
+    off = ["--no-cache", "--no-trainer", "--no-records", "--no-pin"]
+    opts = up.options_from_args(parser.parse_args(["--arch", "m:f", *off]))
+    assert (opts.cache, opts.trainer, opts.records, opts.pin) == (False, False, False, False)
+    opts = up.options_from_args(parser.parse_args(["--arch", "m:f", "--no-pin", "--pin"]))
+    assert (opts.cache, opts.trainer, opts.records, opts.pin) == (True, True, True, True)
+    with pytest.raises(SystemExit):  # a plain flag takes no value
+        parser.parse_args(["--cache", "false"])
+
+
 def test_up_without_weights_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     result = gati("up", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2
@@ -216,7 +229,7 @@ def test_port_layout_from_base(tmp_path: Path) -> None:
     default = up.options_from_args(up_args(weights=str(weights)))
     assert default.port_base + ports.PORT_OFFSETS["inference"] == 8001
     lean = up.options_from_args(
-        up_args(weights=str(weights), ports=0, no_cache=True, no_trainer=True, no_records=True)
+        up_args(weights=str(weights), ports=0, cache=False, trainer=False, records=False)
     )
     assert set(up.plan_ports(lean)) == {"inference", "inference_metrics"}
     free = up.plan_ports(up.options_from_args(up_args(weights=str(weights), ports=0)))
@@ -270,6 +283,9 @@ def test_down_and_status_with_nothing_running(tmp_path: Path) -> None:
     result = gati("status", "--run-dir", "never", "--json", cwd=tmp_path)
     assert result.returncode == status.EXIT_NOT_RUNNING
     assert '"running": false' in result.stdout
+    result = gati("status", "--json", "out.json", "--run-dir", "never", cwd=tmp_path)
+    assert result.returncode == status.EXIT_NOT_RUNNING and result.stdout == ""
+    assert json.loads((tmp_path / "out.json").read_text())["running"] is False
     assert down.stop(tmp_path / "never", out=sys.stdout) == 0
 
 
