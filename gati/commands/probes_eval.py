@@ -30,13 +30,19 @@ log = logging.getLogger("gati.probes.eval")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--bundle", required=True, help="bundle directory (from probes fit)")
-    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument(
+        "--bundle", required=True, help="bundle directory to evaluate (from gati probes fit)"
+    )
+    parser.add_argument(
+        "--json", default=None, help="also write the figures to this file (default: none)"
+    )
     parser.add_argument("--window", type=int, default=1000, help="requests per reported window")
     parser.add_argument(
         "--cost-from-bundle",
-        action="store_true",
-        help="reuse the stage and lookup times measured at fit time",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="reuse the stage and lookup times measured at fit time (the lookup mode and "
+        "remote costs still come from the flags)",
     )
     add_cost_arguments(parser)
 
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if fitted is None:
             raise SystemExit("--cost-from-bundle: the bundle records no cost model")
         cost = CostModel.from_dict(
-            {**fitted, "mode": args.lookup, "rtt_ms": args.rtt_ms, "send_ms": args.send_ms}
+            {**fitted, "mode": args.lookup_mode, "rtt_ms": args.rtt_ms, "send_ms": args.send_ms}
         )
     else:
         cost = cost_from_args(args, model)

@@ -1,7 +1,7 @@
 """`gati probes fit`: collect activations, train probes, calibrate, optimise, write a bundle.
 
     gati probes fit --arch resnet56 --weights W.th --data test.npz --start 0 --stop 7000 \\
-        --out runs/bundle
+        --model resnet56 --bundle runs/bundle
 Fits on images start..stop; calibration rows are split off inside (see gati.probes.splits) or
 given as their own range (--calib-start/--calib-stop). With --workload, fits on a window of a
 request stream instead (evaluate on the next window with `gati probes eval`).
@@ -21,9 +21,8 @@ import numpy as np
 from gati.data.augment import mirror, perturbed
 from gati.models import StagedModel, load_model
 from gati.probes.bundle import Bundle
-from gati.probes.distill import TrainConfig
-from gati.probes.fit import FitConfig, fit_bundle
-from gati.probes.selectors import FIT_SELECTORS
+from gati.probes.fit import fit_bundle
+from gati.probes.fit_config import FitConfig, add_flags, from_flags
 from gati.probes.sources import (
     Records,
     add_cost_arguments,
@@ -36,19 +35,46 @@ from gati.probes.sources import (
 log = logging.getLogger("gati.probes.fit")
 
 
+# Fit settings the command sets under flags of another group: --threads (the source flags';
+# the same torch threads train the probes) and --seed (the request stream's; fits use
+# FitConfig's default seed).
+SET_ELSEWHERE = ("threads", "seed")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--bundle", required=True, help="bundle directory to write")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="served model name the bundle is for, as `gati serve inference --model` names it "
+        "(default: --arch); `gati probes publish` publishes it under this name",
+    )
+    parser.add_argument(
+        "--bundle-version", type=int, default=1, help="version number written into the bundle"
+    )
+    parser.add_argument(
+        "--previous",
+        default=None,
+        help="bundle directory to warm-start from (default: train from scratch)",
+    )
     parser.add_argument(
         "--calib-start",
         type=int,
         default=None,
-        help="calibrate on images calib-start..calib-stop instead of a split",
+        help="calibrate on images calib-start..calib-stop (default: calibration rows split off "
+        "the fit's own, see gati.probes.splits)",
     )
-    parser.add_argument("--calib-stop", type=int, default=None)
+    parser.add_argument(
+        "--calib-stop",
+        type=int,
+        default=None,
+        help="end of the calibration range (exclusive; default: the end of --data)",
+    )
     parser.add_argument(
         "--augment-flip",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="also train probes on mirrored fit images (needs --calib-start)",
     )
     parser.add_argument(
@@ -62,130 +88,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--distil-data",
         default=None,
         help="more images (npz) that only train probes, never selectors or thresholds "
-        "(needs --calib-start; docs/probes.md section 2 says when this is sound)",
+        "(needs --calib-start; docs/probes.md section 2 says when this is sound; default: none)",
     )
     parser.add_argument(
-        "--distil-stop", type=int, default=None, help="use images 0..N of --distil-data"
-    )
-    parser.add_argument("--model-id", default=None, help="served model name (default: --arch)")
-    parser.add_argument("--version", type=int, default=1, help="bundle version number")
-    parser.add_argument("--previous", default=None, help="bundle directory to warm-start from")
-    parser.add_argument("--layers", default=None, help="candidate cuts, comma-separated")
-    parser.add_argument("--variants", default="linear,mlp,conv,knn", help="probe variants to try")
-    parser.add_argument(
-        "--selector",
-        choices=FIT_SELECTORS,
-        default="auto",
-        help="auto: per cut the optimizer picks calibrated confidence, + class offsets, or the "
-        "learned selector with novelty features; logistic: always the latter; max-softmax: "
-        "calibrated confidence only (the baseline)",
-    )
-    parser.add_argument("--no-novelty", action="store_true", help="no nearest-neighbour features")
-    parser.add_argument("--no-class-features", action="store_true")
-    parser.add_argument("--memory-size", type=int, default=2048, help="novelty memory entries")
-    parser.add_argument(
-        "--memory-rows",
-        choices=("train", "window"),
-        default="train",
-        help="rows the shipped novelty memories hold",
-    )
-    parser.add_argument("--memory-reduction", default="pool2", choices=("pool1", "pool2", "pool4"))
-    parser.add_argument(
-        "--no-live",
-        action="store_true",
-        help="ship no live memory rule (by default each active layer gets one: answer a request "
-        "whose --live-k nearest recent requests share one base label within a radius calibrated "
-        "by replaying the fit's rows in order; radius 0 when that would miss --target)",
-    )
-    parser.add_argument("--live-k", type=int, default=5, help="live memory: neighbours to agree")
-    parser.add_argument(
-        "--live-capacity",
+        "--distil-stop",
         type=int,
-        default=1024,
-        help="live memory: recent requests remembered in the replay (as the cache service will)",
+        default=None,
+        help="use images 0..N of --distil-data (default: all)",
     )
     parser.add_argument(
-        "--live-reduction",
-        default="pool1",
-        choices=("pool1", "pool2", "pool4"),
-        help="live memory keys' grid (coarsened to the probe's input if finer)",
+        "--candidates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ship every trained probe in the bundle, inactive (gati probes eval's oracle over "
+        "every probe reads them)",
     )
-    parser.add_argument("--target", type=float, default=0.99, help="cascade agreement target")
-    parser.add_argument(
-        "--calibration",
-        choices=("ltt", "empirical"),
-        default="ltt",
-        help="ltt: agreement >= target with probability >= 1 - delta (see docs/probes.md); "
-        "empirical: the calibration rows' agreement >= target + margin",
-    )
-    parser.add_argument("--delta", type=float, default=0.1, help="ltt: allowed failure chance")
-    parser.add_argument("--margin", type=float, default=0.0, help="empirical: target + margin")
-    parser.add_argument("--new-fraction", type=float, default=0.2)
-    parser.add_argument("--calib-fraction", type=float, default=0.4)
-    parser.add_argument("--select-fraction", type=float, default=0.5)
-    parser.add_argument("--max-probes", type=int, default=8)
-    parser.add_argument("--memory-budget-mb", type=float, default=64.0)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument(
-        "--warm-epochs",
-        type=int,
-        default=10,
-        help="epochs when warm-started from --previous (0: reuse its probes)",
-    )
-    parser.add_argument("--temperature", type=float, default=6.0)
-    parser.add_argument("--alpha", type=float, default=0.5, help="KL weight (1-alpha: CE)")
-    parser.add_argument(
-        "--filters", type=int, default=TrainConfig.filters, help="conv variant: 3x3 filters"
-    )
-    parser.add_argument(
-        "--hidden", type=int, default=TrainConfig.hidden, help="mlp variant: hidden units"
-    )
-    parser.add_argument(
-        "--no-candidates",
-        action="store_true",
-        help="do not ship inactive candidate probes in the bundle",
+    add_flags(
+        parser.add_argument_group("fit settings (shared with gati serve trainer)"),
+        FitConfig,
+        skip=SET_ELSEWHERE,
     )
     add_cost_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
-    return FitConfig(
-        layers=tuple(args.layers.split(",")) if args.layers else None,
-        variants=tuple(v for v in args.variants.split(",") if v),
-        train=TrainConfig(
-            epochs=args.epochs,
-            warm_epochs=args.warm_epochs,
-            temperature=args.temperature,
-            alpha=args.alpha,
-            filters=args.filters,
-            hidden=args.hidden,
-            threads=args.threads,
-        ),
-        selector=args.selector,
-        novelty=not args.no_novelty,
-        class_features=not args.no_class_features,
-        memory_size=args.memory_size,
-        memory_reduction=args.memory_reduction,
-        memory_rows=args.memory_rows,
-        agreement_target=args.target,
-        calibration=args.calibration,
-        delta=args.delta,
-        margin=args.margin,
-        new_fraction=args.new_fraction,
-        calib_fraction=args.calib_fraction,
-        select_fraction=args.select_fraction,
-        max_probes=args.max_probes,
-        memory_budget_bytes=int(args.memory_budget_mb * (1 << 20)),
-        keep_candidates=not args.no_candidates,
-        live=not args.no_live,
-        live_k=args.live_k,
-        live_capacity=args.live_capacity,
-        live_reduction=args.live_reduction,
+    return from_flags(FitConfig, args, skip=("seed",))
+
+
+def served_as(model_name: str, defaulted: bool) -> str:
+    """The line that says which served model the bundle is for, before a fit of minutes: a
+    bundle published under a name the inference service does not serve is never used."""
+    how = "--arch, as --model was not given" if defaulted else "--model"
+    return (
+        f"bundle for served model {model_name!r} (from {how}): `gati probes publish` puts it "
+        "under that name; if `gati serve inference --model` serves another, pass --model NAME "
+        "here or to `gati probes publish`"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    model_name = args.model or args.arch
+    print(served_as(model_name, args.model is None))
     model = load_model(args.arch, args.weights)
     previous = Bundle.load(args.previous, model.fingerprint()) if args.previous else None
     cost = cost_from_args(args, model)
@@ -212,20 +156,21 @@ def run(args: argparse.Namespace) -> int:
         logits,
         channels=channels_of(model),
         cost=cost,
-        model_id=args.model_id or args.arch,
+        model_id=model_name,
         arch=args.arch,
         fingerprint=model.fingerprint(),
         groups=groups,
         calibration_rows=calibration_rows,
         previous=previous,
         config=cfg,
-        version=args.version,
+        version=args.bundle_version,
+        keep_candidates=args.candidates,
         progress=True,
         log=log.info,
     )
-    bundle.save(Path(args.out))
+    bundle.save(Path(args.bundle))
     fit = bundle.manifest["fit"]
-    print(f"bundle v{bundle.version} -> {args.out} ({bundle.nbytes() / 1e6:.2f} MB tensors)")
+    print(f"bundle v{bundle.version} -> {args.bundle} ({bundle.nbytes() / 1e6:.2f} MB tensors)")
     plan = [f"{e['layer']}:{e['variant']}" for e in bundle.layers]
     print(f"plan: {plan or 'no caches pay'}")
     print(

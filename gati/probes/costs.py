@@ -22,16 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-MODES = ("local", "remote")
+from gati.probes.fit_config import DEFAULT_RTT_MS, DEFAULT_SEND_MS, LOOKUP_MODES
 
-# Remote lookup costs measured on this project's 2-core machine with client, inference and
-# cache service co-located (docs/cache.md, "Where the time goes"): `gati bench rtt` gave a
-# p50 round trip of 0.46-0.56 ms; `gati bench latency` gave 0.26 ms of miss-path latency per
-# active probe (the send itself is ~0.09 ms; the rest is the cache service and gRPC threads
-# competing for the same cores). The trainer replaces the round trip with the one measured on
-# live requests; pass --rtt-ms / --send-ms for a machine whose figures differ.
-DEFAULT_RTT_MS = 0.6
-DEFAULT_SEND_MS = 0.25
+# The lookup modes and the remote defaults (and where they were measured) live in
+# gati.probes.fit_config, which the trainer's config imports without torch.
+MODES = LOOKUP_MODES
 
 
 @dataclass(frozen=True)
@@ -130,7 +125,7 @@ class CostModel:
 
 # Timings report a low quantile, not the median: on a shared machine other processes' load
 # inflates the median (ResNet-56 at batch 1 measured 17.7 ms median here under load, against
-# ~6.4 ms on a quiet machine per DESIGN.md), and a low quantile is closer to the machine's own
+# ~6.4 ms on a quiet machine), and a low quantile is closer to the machine's own
 # speed. Stages and lookups are timed the same way, so their ratio (a speedup) stays honest.
 QUANTILE = 0.1
 

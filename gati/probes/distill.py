@@ -12,36 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gati.probes.fit_config import TrainConfig
 from gati.probes.variants import export_probe, import_probe, stacked_module
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    temperature: float = 6.0  # softens the base model's scores; the paper used 6
-    alpha: float = 0.5  # weight of the KL term; 1 - alpha goes to CE on the base label
-    epochs: int = 30  # from scratch
-    warm_epochs: int = 10  # when every probe of a stack was warm-started
-    batch_size: int = 128
-    lr: float = 3e-3  # Adam, cosine decay to 5% over the run
-    weight_decay: float = 1e-4
-    hidden: int = 64  # mlp variant: hidden units
-    filters: int = 16  # conv variant: 3x3 filters (128 for fits on 10k+ rows: docs/probes.md 9.2)
-    threads: int = 1  # torch intra-op threads while training; tiny ops thrash on shared cores
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be within 0..1, got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.epochs < 1 or self.warm_epochs < 0 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1, warm_epochs at least 0")
 
 
 def distill_loss(

@@ -1,6 +1,6 @@
 """Evidence a selector reads: the probe's confidence, the previous cut's answer, and novelty.
 
-Max-softmax confidence alone leaves most of the gain on the table (DESIGN.md section 5):
+Max-softmax confidence alone leaves most of the gain on the table (measured offline):
 probes fine-tuned on recent traffic are as confident on new inputs as on recurring ones. So
 besides confidence, margin and entropy, a selector may read
 - agreement with the previous active cut's probe (kept per request in a `RowState`), and
@@ -72,7 +72,7 @@ class NoveltyMemory:
     with their base labels; answers nearest-neighbour distance and label agreement.
 
     keys [M, Dm], labels [M]; a lookup is one [n, Dm] x [Dm, M] product (M <= a few thousand:
-    about 0.01-0.02 ms at M = 2000 on this machine, per DESIGN.md section 5).
+    about 0.01-0.02 ms at M = 2000 on a 2-core machine).
     """
 
     def __init__(

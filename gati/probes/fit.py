@@ -20,127 +20,34 @@ Records carry "pool4" for every cut; coarser reductions are derived exactly with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
 
 from gati.probes.bundle import Bundle
-from gati.probes.calibration import (
-    MODES as CALIBRATION_MODES,
-)
-from gati.probes.calibration import (
-    first_exit,
-)
+from gati.probes.calibration import first_exit
 from gati.probes.candidates import Evidence, ProbeCandidate, SelectorRows
 from gati.probes.costs import CostModel, measure_ms
-from gati.probes.distill import TrainConfig, train_stack
+from gati.probes.distill import train_stack
 from gati.probes.entries import layer_entry
 from gati.probes.features import (
     NoveltyMemory,
     memory_reduction,
     probe_output,
 )
+from gati.probes.fit_config import FitConfig
 from gati.probes.live_calibration import calibrate_live
 from gati.probes.packaging import assemble
 from gati.probes.planning import calibrate_plan, choose, plan_scores, plan_selectors
-from gati.probes.reductions import REDUCTIONS, refine
+from gati.probes.reductions import refine
 from gati.probes.runtime import LayerProbe
 from gati.probes.selection import fit_selector, selector_options, uses_memory
-from gati.probes.selectors import FIT_SELECTORS, Selector
+from gati.probes.selectors import Selector
 from gati.probes.splits import Split, make_split
-from gati.probes.variants import TRAINED, VARIANTS, Predictor, input_stats, spec
+from gati.probes.variants import TRAINED, Predictor, input_stats, spec
 
 SOURCE = "pool4"  # what records carry for every cut
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    layers: tuple[str, ...] | None = None  # candidate cuts; None = every cut in the records
-    variants: tuple[str, ...] = ("linear", "mlp", "conv", "knn")
-    train: TrainConfig = field(default_factory=TrainConfig)
-    selector: str = "auto"  # "logistic", "max-softmax", or "auto": per cut, whichever answers
-    # more requests at the target on the selector rows (full logistic, confidence + class
-    # offsets, or confidence alone, each a calibrated logistic score)
-    novelty: bool = True  # nearest-neighbour features (logistic selector only)
-    class_features: bool = True  # per-class offsets = class-conditional thresholds
-    memory_size: int = 2048  # novelty memory entries per active cut (most recent rows)
-    # Which rows the *shipped* memories hold: "train" (as calibrated) or "window" (every row of
-    # the window: recurring images held out of training become familiar too). On
-    # instance-locality "window" was faster (2.55x vs 1.92x) but one window fell to 98.4%
-    # agreement: it serves what calibration did not see (docs/probes.md, section 9.4).
-    memory_rows: str = "train"
-    memory_reduction: str = "pool2"  # grid of the memory (coarsened to the probe's if finer)
-    knn: int = 5
-    agreement_target: float = 0.99  # served agreement with the base model, whole cascade
-    calibration: str = "empirical"  # or "ltt" (guarantee mode)
-    delta: float = 0.1  # ltt: P(agreement < target) <= delta
-    margin: float = 0.0  # empirical: calibrate to target + margin
-    new_fraction: float = 0.2  # groups held out of probe training (stand-ins for new inputs)
-    calib_fraction: float = 0.4  # remaining requests sent to calibration
-    select_fraction: float = 0.5  # calibration groups fitting selectors / choosing the plan
-    memory_budget_bytes: int = 64 << 20  # probes + selectors + novelty memories
-    max_probes: int = 8
-    min_gain: float = 0.01  # a plan must beat "no caches" by this share of full latency
-    selector_folds: int = 5  # cross-fitting when comparing selector options
-    plan_rounds: int = 3  # optimizer rounds re-rating candidates at the calibrated lam
-    prune: bool = True
-    keep_candidates: bool = False  # ship every trained probe (inactive) for analysis
-    lookup_reps: int = 100  # timing repetitions per candidate lookup
-    # The live memory rule per active layer (gati.probes.live_calibration): calibrated by
-    # replaying the window in order through a memory of `live_capacity` rows, as the cache
-    # service will hold it; keys at `live_reduction` (coarsened to the probe's if finer).
-    live: bool = True
-    live_k: int = 5
-    live_reduction: str = "pool1"
-    live_capacity: int = 1024
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
-            raise ValueError(f"variants {bad or '()'} invalid; valid: {', '.join(VARIANTS)}")
-        if self.selector not in FIT_SELECTORS:
-            raise ValueError(
-                f"selector {self.selector!r} invalid; valid: {', '.join(FIT_SELECTORS)}"
-            )
-        if self.calibration not in CALIBRATION_MODES:
-            raise ValueError(
-                f"calibration {self.calibration!r} invalid; valid: {', '.join(CALIBRATION_MODES)}"
-            )
-        if self.memory_rows not in ("train", "window"):
-            raise ValueError(f"memory_rows must be train or window, got {self.memory_rows!r}")
-        if self.memory_reduction not in REDUCTIONS:
-            raise ValueError(f"memory_reduction must be one of {', '.join(REDUCTIONS)}")
-        if not 0.5 < self.agreement_target < 1.0:
-            raise ValueError(
-                f"agreement_target must be within (0.5, 1), got {self.agreement_target}"
-            )
-        if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"delta must be within (0, 1), got {self.delta}")
-        for name in ("new_fraction", "calib_fraction", "select_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be within [0, 1)")
-        if self.max_probes < 1 or self.memory_size < 0 or self.knn < 1:
-            raise ValueError("max_probes and knn must be >= 1, memory_size >= 0")
-        if self.live_reduction not in REDUCTIONS:
-            raise ValueError(f"live_reduction must be one of {', '.join(REDUCTIONS)}")
-        if self.live_k < 1 or self.live_capacity < self.live_k:
-            raise ValueError(
-                f"live memory needs live_k >= 1 and live_capacity >= live_k "
-                f"(got {self.live_k}, {self.live_capacity})"
-            )
-
-    @property
-    def uses_novelty(self) -> bool:
-        return self.selector != "max-softmax" and self.novelty and self.memory_size > 0
-
-    def report(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers) if self.layers is not None else None
-        d["variants"] = list(self.variants)
-        return d
 
 
 def fit_bundle(
@@ -159,6 +66,7 @@ def fit_bundle(
     config: FitConfig | None = None,
     lookup_ms: Mapping[str, float] | None = None,
     version: int = 1,
+    keep_candidates: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Bundle:
@@ -168,7 +76,9 @@ def fit_bundle(
     base_logits [N, K]; channels: cut -> C; groups [N]: image / neighbourhood ids (errors
     within a group are correlated, so calibration counts groups, not requests);
     calibration_rows: explicit calibration rows (else split inside, see `splits`);
-    lookup_ms: "cut:variant" -> lookup cost, overriding measurement (tests, remote costs).
+    lookup_ms: "cut:variant" -> lookup cost, overriding measurement (tests, remote costs);
+    keep_candidates: ship every trained probe too, inactive (for analysis, and the trainer's
+    warm starts).
     """
     cfg = config or FitConfig()
     if agreement_target is not None:
@@ -222,7 +132,7 @@ def fit_bundle(
     exits = first_exit(scores, np.array(calib.thresholds))
     lat = cost.latencies([c.layer for c in chosen], [c.lookup_ms for c in chosen], exits)
     expected = float(lat.mean()) if chosen else cost.full_ms
-    if not chosen or calib.hit_rate == 0 or expected >= cost.full_ms * (1 - cfg.min_gain):
+    if not chosen or calib.hit_rate == 0 or expected >= cost.full_ms * (1 - cfg.plan_min_gain):
         say(f"no caches pay (expected {expected:.3f} ms vs {cost.full_ms:.3f} ms)")
         chosen, selectors = [], []
         calib = calibrate_plan([], [], cfg, cost, "thr", g[split.threshold])
@@ -250,6 +160,7 @@ def fit_bundle(
         version=version,
         num_classes=k,
         live=live,
+        keep_candidates=keep_candidates,
     )
 
 
@@ -280,7 +191,7 @@ def _train_candidates(
     trained: dict[str, tuple[dict[str, np.ndarray], int]] = {}
     to_train = [v for v in cfg.variants if v in TRAINED]
     total = sum(len(stacks) for _ in to_train)
-    bar = tqdm(total=total * cfg.train.epochs, desc="distil", disable=not progress, leave=False)
+    bar = tqdm(total=total * cfg.epochs, desc="distil", disable=not progress, leave=False)
     if "knn" in cfg.variants:  # nothing to train: the recent requests themselves vote
         base_label = z.argmax(axis=1)
         for layer in layers:
@@ -315,14 +226,12 @@ def _train_candidates(
                 np.stack(xs, axis=1),
                 z[split.train],
                 ch,
-                cfg.train,
+                cfg,
                 init,
                 progress=lambda _e: bar.update(1),
             )
             bar.update(
-                max(0, cfg.train.epochs - cfg.train.warm_epochs)
-                if all(r is not None for r in init)
-                else 0
+                max(0, cfg.epochs - cfg.warm_epochs) if all(r is not None for r in init) else 0
             )
             for layer, r, (mu, scale) in zip(stack_layers, roles, stats, strict=True):
                 trained[f"{layer}:{variant}"] = ({**r, "in_mu": mu, "in_scale": scale}, ch)

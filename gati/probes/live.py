@@ -4,7 +4,7 @@ the nearest-neighbour rule that answers a recurrence from them.
 Why: on temporal locality the evidence that wins is "this request is close to ones seen
 seconds ago whose base answer is known". A memory frozen into the bundle cannot hold them;
 the cache service can, the moment the inference service says what the base model answered
-(DESIGN.md section 5: offline, 5 unanimous neighbours within a calibrated distance answered
+(measured offline: 5 unanimous neighbours within a calibrated distance answered
 74% of an instance-locality stream at 99.4% agreement, with no training).
 
 The rule (`LiveRule`, calibrated by the fit, shipped in a layer entry under "live"): a row

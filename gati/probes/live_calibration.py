@@ -41,7 +41,7 @@ from gati.probes.variants import spec
 
 if TYPE_CHECKING:
     from gati.probes.candidates import ProbeCandidate
-    from gati.probes.fit import FitConfig
+    from gati.probes.fit_config import FitConfig
 
 MIN_SUPPORT = 30  # units answered before a radius's agreement counts: fewer is one lucky streak
 RADII = 256  # candidate radii scanned (quantiles of the unanimous rows' k-th distances)

@@ -18,7 +18,7 @@ from gati.probes.selectors import Selector
 from gati.probes.splits import Split
 
 if TYPE_CHECKING:
-    from gati.probes.fit import FitConfig
+    from gati.probes.fit_config import FitConfig
 
 
 def assemble(
@@ -38,8 +38,10 @@ def assemble(
     version: int,
     num_classes: int,
     live: Mapping[str, LiveCalibration] | None = None,
+    keep_candidates: bool = False,
 ) -> Bundle:
-    """`live`: layer -> calibrated live memory rule, shipped in that layer's entry."""
+    """`live`: layer -> calibrated live memory rule, shipped in that layer's entry;
+    `keep_candidates`: ship every trained probe too (inactive)."""
     live = live or {}
     entries, tensors = [], {}
     for i, (c, sel) in enumerate(zip(chosen, selectors, strict=True)):
@@ -69,7 +71,7 @@ def assemble(
         entries.append(entry)
         tensors.update(t)
     candidates = []
-    if cfg.keep_candidates:
+    if keep_candidates:
         unique = {c.key: c for c in cands}  # one probe per (cut, variant), whatever the selector
         for c in unique.values():
             entry, t = layer_entry(

@@ -23,7 +23,7 @@ from gati.probes.selection import SELECTOR_OPTIONS, fit_selector, uses_memory
 from gati.probes.selectors import Selector
 
 if TYPE_CHECKING:
-    from gati.probes.fit import FitConfig
+    from gati.probes.fit_config import FitConfig
 
 
 def as_candidate(c: ProbeCandidate, cost: CostModel) -> Candidate:
@@ -138,7 +138,7 @@ def choose(
             cost.full_ms,
             memory_budget=cfg.memory_budget_bytes,
             max_probes=cfg.max_probes,
-            min_gain=cfg.min_gain,
+            min_gain=cfg.plan_min_gain,
         )
         chosen = [by_key[f"{p.layer}:{p.variant}"] for p in plan.chosen]
         say(

@@ -19,7 +19,7 @@ from gati.probes.features import NOVELTY_FEATURES, build_features, class_feature
 from gati.probes.selectors import Selector, fit_logistic
 
 if TYPE_CHECKING:
-    from gati.probes.fit import FitConfig
+    from gati.probes.fit_config import FitConfig
 
 
 SELECTOR_OPTIONS = ("conf", "conf+class", "full", "gated")

@@ -20,7 +20,8 @@ import torch
 from gati.data.cifar import load_dataset
 from gati.models import StagedModel
 from gati.probes.collect import cached_collect
-from gati.probes.costs import DEFAULT_RTT_MS, DEFAULT_SEND_MS, CostModel, measure_stage_ms
+from gati.probes.costs import CostModel, measure_stage_ms
+from gati.probes.fit_config import CostConfig, TrainConfig, add_flags, from_flags
 from gati.workloads import WORKLOADS, make_stream
 
 
@@ -39,12 +40,18 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="model weights file")
     parser.add_argument("--data", required=True, help="dataset: npz or CIFAR-10 python archive")
     parser.add_argument("--start", type=int, default=0, help="first image of the range")
-    parser.add_argument("--stop", type=int, default=None, help="end of the range (exclusive)")
+    parser.add_argument(
+        "--stop",
+        type=int,
+        default=None,
+        help="end of the range (exclusive; default: the end of --data)",
+    )
     parser.add_argument(
         "--workload",
         choices=WORKLOADS,
         default=None,
-        help="build a request stream over the range instead of using it in order",
+        help="build a request stream over the range instead of using it in order (default: "
+        "none, the range in order)",
     )
     parser.add_argument("--requests", type=int, default=8000, help="stream length (--workload)")
     parser.add_argument("--seed", type=int, default=0, help="stream seed (--workload)")
@@ -63,34 +70,23 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads for the model (1: stable timings on shared cores)",
+        default=TrainConfig.threads,
+        help="torch threads for the model, and for training in a fit (1: stable timings on "
+        "shared cores)",
     )
     parser.add_argument(
-        "--cache",
+        "--activations-dir",
         default=None,
-        help="directory caching collected activations (npz, keyed by model+images)",
+        help="directory keeping collected activations (npz, keyed by model and images), so "
+        "later fits and evals skip the model (default: none kept)",
     )
 
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lookup",
-        choices=("local", "remote"),
-        default="remote",
-        help="cost model: lookups on the cache service, overlapped with compute, as served "
-        "(default), or in-process serial ones",
-    )
-    parser.add_argument(
-        "--rtt-ms", type=float, default=DEFAULT_RTT_MS, help="remote lookup round trip"
-    )
-    parser.add_argument(
-        "--send-ms",
-        type=float,
-        default=DEFAULT_SEND_MS,
-        help="remote: latency one active probe adds to every request reaching it",
-    )
-    parser.add_argument(
+    """The cost model's flags: CostConfig's fields (shared with the trainer) and --stage-reps."""
+    group = parser.add_argument_group("cost model (shared with gati serve trainer)")
+    add_flags(group, CostConfig)
+    group.add_argument(
         "--stage-reps", type=int, default=100, help="repetitions when timing each stage at batch 1"
     )
 
@@ -115,7 +111,7 @@ def load_records(
     if transform is not None:
         x = transform(x)
     if args.workload is None or start is not None:
-        acts, logits = cached_collect(model, x, args.cache, progress=progress)
+        acts, logits = cached_collect(model, x, args.activations_dir, progress=progress)
         return Records(
             acts,
             logits,
@@ -128,8 +124,8 @@ def load_records(
     lo, hi = args.window_from, args.requests if args.window_to is None else args.window_to
     if not 0 <= lo < hi <= len(stream):
         raise ValueError(f"window {lo}:{hi} outside the stream of {len(stream)} requests")
-    if args.cache:  # cache the whole stream once: fit and eval windows then slice it
-        acts, logits = cached_collect(model, stream.images, args.cache, progress=progress)
+    if args.activations_dir:  # cache the whole stream once: fit and eval windows then slice it
+        acts, logits = cached_collect(model, stream.images, args.activations_dir, progress=progress)
         acts, logits = {c: a[lo:hi] for c, a in acts.items()}, logits[lo:hi]
     else:
         acts, logits = cached_collect(model, stream.images[lo:hi], None, progress=progress)
@@ -148,7 +144,8 @@ def load_records(
 def cost_from_args(args: argparse.Namespace, model: StagedModel) -> CostModel:
     torch.set_num_threads(args.threads)
     stage_ms = measure_stage_ms(model, reps=args.stage_reps)
-    return CostModel(tuple(model.cut_names), stage_ms, args.lookup, args.rtt_ms, args.send_ms)
+    c = from_flags(CostConfig, args)
+    return CostModel(tuple(model.cut_names), stage_ms, c.lookup_mode, c.rtt_ms, c.send_ms)
 
 
 def channels_of(model: StagedModel) -> dict[str, int]:

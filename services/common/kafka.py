@@ -1,6 +1,6 @@
 """Kafka plumbing shared by the record producer (inference) and the trainer's consumer.
 
-Facts this code relies on (DESIGN.md section 7, measured against Tansu with kafka-python
+Facts this code relies on (measured against Tansu with kafka-python
 3.0.x): a client constructor blocks until it reaches a broker, so every client is built with a
 short `bootstrap_timeout_ms` and off the request path; a broker may not create topics on its
 own (Apache Kafka with auto-create off) and a restarted Tansu has forgotten every topic, so

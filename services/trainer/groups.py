@@ -1,7 +1,7 @@
 """Neighbourhood groups: which live records are (probably) the same input seen again.
 
 Offline, calibration groups requests by image id, because errors are correlated by image (an
-image whose base answer flips under perturbation recurs many times; DESIGN.md section 5), and
+image whose base answer flips under perturbation recurs many times), and
 `fit_bundle` holds whole groups out of probe training as stand-ins for new inputs. Live
 traffic carries no image ids, so the trainer groups records whose early-layer features are
 close: connected components of the "within radius r" graph, in standardised features of a cut

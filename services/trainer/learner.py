@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,10 @@ import numpy as np
 from gati import records as rec_mod
 from gati.models import StagedModel
 from gati.probes.bundle import Bundle
-from gati.probes.costs import DEFAULT_RTT_MS, DEFAULT_SEND_MS, CostModel, measure_stage_ms
+from gati.probes.costs import CostModel, measure_stage_ms
 from gati.probes.evaluate import evaluate_bundle
-from gati.probes.fit import FitConfig, fit_bundle
+from gati.probes.fit import fit_bundle
+from gati.probes.fit_config import CostConfig, FitConfig
 from gati.records import Record
 from services.trainer.groups import neighbourhood_groups
 
@@ -175,21 +176,17 @@ class Learner:
         *,
         holdout_fraction: float = 0.25,
         min_gain: float = 0.02,
-        lookup_mode: str = "remote",
-        rtt_ms: float = DEFAULT_RTT_MS,
-        send_ms: float = DEFAULT_SEND_MS,
+        cost_config: CostConfig | None = None,
         group: bool = True,
     ) -> None:
         self.model = model
         self.model_id = model_id
         self.fingerprint = model.fingerprint()
-        self.config = replace(fit_config, keep_candidates=True)  # warm starts need them all
+        self.config = fit_config
         self.target = fit_config.agreement_target
         self.holdout_fraction = holdout_fraction
         self.min_gain = min_gain
-        self.lookup_mode = lookup_mode
-        self.rtt_ms = rtt_ms
-        self.send_ms = send_ms
+        self.cost_config = cost_config or CostConfig()
         self.group = group
         self._rounds = 0
 
@@ -200,9 +197,9 @@ class Learner:
         return CostModel(
             self.model.cut_names,
             stage_ms,
-            mode=self.lookup_mode,
-            rtt_ms=measured_rtt_ms(window, self.rtt_ms),
-            send_ms=self.send_ms,
+            mode=self.cost_config.lookup_mode,
+            rtt_ms=measured_rtt_ms(window, self.cost_config.rtt_ms),
+            send_ms=self.cost_config.send_ms,
         )
 
     def round(
@@ -237,6 +234,7 @@ class Learner:
             groups=groups,
             previous=warm if warm is not None else current,
             config=self.config,
+            keep_candidates=True,  # warm starts need every probe; stripped before publishing
             log=lambda msg: log.info("fit: %s", msg),
         )
         candidate = strip_candidates(fitted)

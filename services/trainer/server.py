@@ -79,9 +79,7 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         config.fit_config(),
         holdout_fraction=config.holdout_fraction,
         min_gain=config.min_gain,
-        lookup_mode=config.lookup_mode,
-        rtt_ms=config.rtt_ms,
-        send_ms=config.send_ms,
+        cost_config=config.cost_config(),
         group=config.group_neighbours,
     )
     publisher = Publisher(

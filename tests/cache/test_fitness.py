@@ -14,7 +14,6 @@ import pytest
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.probes.bundle import Bundle
 from gati.probes.costs import CostModel
-from gati.probes.distill import TrainConfig
 from gati.probes.fit import FitConfig, fit_bundle
 from gati.probes.fitness import FitnessError, bundle_problems, fit_to_serve
 from gati.probes.synthetic import random_bundle
@@ -90,7 +89,7 @@ def test_a_fitted_bundle_records_its_cuts_and_is_fit() -> None:
         cut: (2.0 * proto[i][logits.argmax(1)] + rng.normal(size=(n, c * 16))).astype(np.float32)
         for i, cut in enumerate(cuts)
     }
-    config = FitConfig(train=TrainConfig(epochs=3, warm_epochs=0), variants=("linear",))
+    config = FitConfig(epochs=3, warm_epochs=0, variants=("linear",))
     bundle = fit_bundle(
         acts,
         logits,

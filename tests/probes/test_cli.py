@@ -29,7 +29,9 @@ def gati(command: str, model_args: list[str], flags: str) -> int:
 
 def test_fit_then_eval_on_unseen_images(tmp_path: Path, model_args: list[str], capsys) -> None:
     out = tmp_path / "bundle"
-    assert gati("fit", model_args, f"--start 0 --stop 400 --out={out} --epochs 4") == 0
+    assert gati("fit", model_args, f"--start 0 --stop 400 --bundle={out} --epochs 4") == 0
+    said = capsys.readouterr().out
+    assert "bundle for served model 'resnet20' (from --arch, as --model was not given)" in said
     bundle = Bundle.load(out)
     assert bundle.manifest["model"] == {"id": "resnet20", "arch": "resnet20"}
     assert len(bundle.candidates) == 9 * 4  # every cut, every variant, kept for analysis
@@ -52,14 +54,16 @@ def test_fit_then_eval_on_unseen_images(tmp_path: Path, model_args: list[str], c
     assert "cascade: agreement" in printed and "oracle:" in printed
 
 
-def test_workload_window_then_next(tmp_path: Path, model_args: list[str]) -> None:
+def test_workload_window_then_next(tmp_path: Path, model_args: list[str], capsys) -> None:
     stream = "--workload instance-locality --requests 500 --seed 3 --start 0 --stop 2000"
     out, report = tmp_path / "bundle", tmp_path / "eval.json"
-    fit = f"--window-from 0 --window-to 300 --out={out} --epochs 3 --lookup remote"
+    fit = f"--window-from 0 --window-to 300 --bundle={out} --epochs 3 --model cifar"
     fit += " --layers layer1.0,layer2.0,layer3.0"
     assert gati("fit", model_args, f"{stream} {fit}") == 0
+    assert "bundle for served model 'cifar' (from --model)" in capsys.readouterr().out
     ev = f"--window-from 300 --window-to 500 --bundle={out} --json={report} --window 100"
-    assert gati("eval", model_args, f"{stream} {ev} --lookup remote") == 0
+    assert gati("eval", model_args, f"{stream} {ev} --lookup-mode remote") == 0
+    assert Bundle.load(out).model_id == "cifar"  # the served name, not the arch
     r = json.loads(report.read_text())
     assert [w["start"] for w in r["windows"]] == [0, 100]
     assert r["seen"]["seen"]["requests"] + r["seen"]["unseen"]["requests"] == 200
@@ -74,7 +78,7 @@ def test_extra_distillation_rows_train_probes_only(tmp_path: Path, model_args: l
     out = tmp_path / "bundle"
     extra = f"--augment-flip --augment-views 2 --distil-data={ASSETS}/cifar10/train-20k.npz"
     flags = f"--start 0 --stop 100 --calib-start 100 --calib-stop 300 {extra} --distil-stop 50"
-    flags += f" --layers layer2.0,layer3.0 --variants conv --filters 8 --epochs 2 --out={out}"
+    flags += f" --layers layer2.0,layer3.0 --variants conv --filters 8 --epochs 2 --bundle={out}"
     assert gati("fit", model_args, flags) == 0
     bundle = Bundle.load(out)
     split = bundle.manifest["fit"]["split"]
@@ -88,6 +92,6 @@ def test_extra_distillation_rows_train_probes_only(tmp_path: Path, model_args: l
 def test_extra_distillation_rows_need_a_calibration_range(
     tmp_path: Path, model_args: list[str]
 ) -> None:
-    flags = f"--start 0 --stop 100 --augment-views 1 --out={tmp_path / 'b'}"
+    flags = f"--start 0 --stop 100 --augment-views 1 --bundle={tmp_path / 'b'}"
     with pytest.raises(SystemExit, match="never reach calibration"):
         gati("fit", model_args, flags)

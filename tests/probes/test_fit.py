@@ -11,7 +11,6 @@ import pytest
 
 from gati.probes.bundle import Bundle
 from gati.probes.costs import CostModel
-from gati.probes.distill import TrainConfig
 from gati.probes.evaluate import evaluate_bundle
 from gati.probes.fit import FitConfig, fit_bundle
 from gati.probes.runtime import ProbeRuntime
@@ -21,7 +20,7 @@ CUTS = ("l0", "l1", "l2")
 STRENGTH = (0.5, 0.9, 2.0)
 COST = CostModel(CUTS, (1.0, 1.0, 1.0, 1.0))
 LOOKUP = {f"{c}:{v}": 0.02 for c in CUTS for v in ("linear", "mlp", "conv")}
-FAST = TrainConfig(epochs=12, warm_epochs=0)
+FAST = {"epochs": 12, "warm_epochs": 0}
 
 
 def records(n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -40,7 +39,7 @@ def records(n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
 def fit(acts, logits, **kw):
     cfg = kw.pop(
         "config",
-        FitConfig(train=FAST, memory_size=400, variants=("linear", "mlp"), selector="logistic"),
+        FitConfig(**FAST, memory_size=400, variants=("linear", "mlp"), selector="logistic"),
     )
     return fit_bundle(
         acts,
@@ -97,13 +96,13 @@ def test_no_caches_when_lookups_are_too_dear() -> None:
 def test_warm_start_reuses_previous_weights(fitted: Bundle) -> None:
     acts, logits = records(1200, 3)
     cfg = FitConfig(
-        train=TrainConfig(epochs=12, warm_epochs=0),
+        **FAST,
         memory_size=400,
         variants=("linear", "mlp"),
-        keep_candidates=True,
     )
-    first = fit(acts, logits, config=cfg)
-    again = fit(acts, logits, config=cfg, previous=first)
+    first = fit(acts, logits, config=cfg, keep_candidates=True)
+    assert first.candidates
+    again = fit(acts, logits, config=cfg, previous=first, keep_candidates=True)
     for entry in first.candidates:
         old, new = (
             first.layer_tensors(entry),
@@ -122,7 +121,7 @@ def test_warm_start_reuses_previous_weights(fitted: Bundle) -> None:
 def test_max_softmax_and_ltt_modes() -> None:
     acts, logits = records(2400, 4)
     cfg = FitConfig(
-        train=FAST,
+        **FAST,
         variants=("linear", "mlp"),
         selector="max-softmax",
         calibration="ltt",
@@ -143,7 +142,7 @@ def test_max_softmax_and_ltt_modes() -> None:
 def test_grouped_records_and_explicit_calibration_rows() -> None:
     acts, logits = records(1500, 5)
     groups = np.arange(1500) // 5  # five requests per image
-    cfg = FitConfig(train=FAST, memory_size=400, variants=("linear", "mlp"))  # auto selector
+    cfg = FitConfig(**FAST, memory_size=400, variants=("linear", "mlp"))  # auto selector
     b = fit(acts, logits, groups=groups, calibration_rows=np.arange(1000, 1500), config=cfg)
     assert b.plan
     for e in b.layers:  # a memory travels exactly when the chosen selector reads it
@@ -187,7 +186,7 @@ def test_familiarity_gate_keeps_new_images_out() -> None:
     rng = np.random.default_rng(0)
     window = rng.integers(0, 40, 2000)
     acts, logits = recurring(window, 1)
-    cfg = FitConfig(train=FAST, variants=("linear", "knn"), selector="logistic", memory_size=2000)
+    cfg = FitConfig(**FAST, variants=("linear", "knn"), selector="logistic", memory_size=2000)
     b = fit_bundle(
         acts,
         logits,

@@ -18,7 +18,6 @@ import pytest
 from gati.commands.probes_fit import add_arguments, config_from_args
 from gati.probes.bundle import Bundle, BundleError
 from gati.probes.costs import CostModel
-from gati.probes.distill import TrainConfig
 from gati.probes.entries import active_prefix, layer_entry
 from gati.probes.fit import FitConfig, fit_bundle
 from gati.probes.fitness import FitnessError, fit_to_serve
@@ -149,7 +148,7 @@ def test_fit_config_refuses_bad_live_settings(kw: dict[str, Any]) -> None:
 def test_cli_no_live_turns_the_rule_off() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    base = ["--arch", "a", "--weights", "w", "--data", "d", "--out", "o"]
+    base = ["--arch", "a", "--weights", "w", "--data", "d", "--bundle", "o"]
     assert config_from_args(parser.parse_args(base)).live
     cfg = config_from_args(parser.parse_args([*base, "--no-live", "--live-k", "3"]))
     assert not cfg.live and cfg.live_k == 3
@@ -168,7 +167,7 @@ def toy_fit(live: bool) -> Bundle:
         cut: (proto[i][images] + 0.05 * rng.normal(size=(n, c * 16))).astype(np.float32)
         for i, cut in enumerate(cuts)
     }
-    config = FitConfig(train=TrainConfig(epochs=3, warm_epochs=0), variants=("knn",), live=live)
+    config = FitConfig(epochs=3, warm_epochs=0, variants=("knn",), live=live)
     return fit_bundle(
         acts,
         logits,
