@@ -11,8 +11,13 @@ and every move of a pointer is announced on BUNDLE_CHANNEL as JSON {"model", "ve
 Pub/sub is at-most-once, so readers also poll the pointer (see services/cache/refresher.py).
 
 The model name in Redis is authoritative: a bundle is published under the name the inference
-service serves, which defaults to the manifest's model id. Used by the CLI, the cache service
-and the trainer; it never imports a service.
+service serves, which defaults to the manifest's model id. So that a misnamed bundle or one
+fitted to other weights is refused at publish instead of silently never used, cache services
+also record what is served:
+    SERVED_KEY                sorted set of "<model> <fingerprint>" the inference services
+                              asked plans for, score = Redis time of the last report; members
+                              older than SERVED_TTL_S no longer count (see `served`)
+Used by the CLI, the cache service and the trainer; it never imports a service.
 """
 
 from __future__ import annotations
@@ -58,6 +63,23 @@ if tonumber(ARGV[2]) > cur then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return cur
+"""
+
+
+# Served models: a member is "<model> <fingerprint>" (a model name has no whitespace, see
+# `_check_model_name`). Reports more than SERVED_TTL_S old are dropped, and the whole key
+# expires when no cache service has reported for that long.
+SERVED_KEY = "gati:served"
+SERVED_TTL_S = 300.0
+_REPORT_SERVED = """
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now, ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl))
+return now
 """
 
 
@@ -111,6 +133,7 @@ class BundleStore:
         self.client = connect(redis_url, password, timeout_s)
         self._next_version = self.client.register_script(_NEXT_VERSION)
         self._commit = self.client.register_script(_COMMIT)
+        self._report_served = self.client.register_script(_REPORT_SERVED)
 
     # ---- writers ---------------------------------------------------------------------------
     def publish(self, bundle: Bundle, model: str | None = None) -> int:
@@ -203,6 +226,25 @@ class BundleStore:
         """Every model with a published bundle, sorted."""
         return sorted(m.decode() for m in self.client.smembers(names.BUNDLE_MODELS_KEY))
 
+    # ---- served models (what inference services serve; see SERVED_KEY) ---------------
+    def report_served(self, pairs: list[tuple[str, str]], ttl_s: float = SERVED_TTL_S) -> None:
+        """Record that (model, fingerprint) pairs are served now (the cache service, for the
+        plan requests it answered); Redis's clock stamps them, so hosts' clocks never matter."""
+        if pairs:
+            members = [f"{model} {fingerprint}" for model, fingerprint in pairs]
+            self._report_served(keys=[SERVED_KEY], args=[ttl_s, *members])
+
+    def served(self, ttl_s: float = SERVED_TTL_S) -> dict[str, list[str]]:
+        """model -> fingerprints served under that name, as reported within `ttl_s`; empty
+        when no cache service has reported (none runs, or no inference service asked yet)."""
+        now, _ = self.client.time()
+        served: dict[str, list[str]] = {}
+        for raw in self.client.zrangebyscore(SERVED_KEY, now - ttl_s, "+inf"):
+            model, _, fingerprint = raw.decode(errors="replace").partition(" ")
+            if model and fingerprint:
+                served.setdefault(model, []).append(fingerprint)
+        return {m: sorted(f) for m, f in sorted(served.items())}
+
     def subscribe(self) -> redis.client.PubSub:
         """A pub/sub connection subscribed to announcements (see `Announcement.parse`)."""
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -220,3 +262,27 @@ def _check_model_name(model: str) -> None:
             f"model name {model!r} is not usable in Redis keys: it must be non-empty "
             "without ':' or whitespace"
         )
+
+
+def served_mismatch(served: dict[str, list[str]], model: str, fingerprint: str) -> str | None:
+    """Why a bundle fitted to `fingerprint` published as `model` would not be used by any
+    inference service in `served` (from `BundleStore.served`), or None when one serves that
+    name with those weights, or when nothing is recorded at all (there is nothing to check
+    against: a first stack, or cache services older than this check)."""
+    if not served or fingerprint in served.get(model, ()):
+        return None
+    same_weights = sorted(m for m, fps in served.items() if fingerprint in fps)
+    hint = (
+        f"; the model with those weights is served as {', '.join(map(repr, same_weights))}: "
+        f"publish under that name with --model"
+        if same_weights
+        else "; refit the probes on the served weights"
+    )
+    if model in served:
+        theirs = ", ".join(f[:12] for f in served[model])
+        return (
+            f"the bundle was fitted to model fingerprint {fingerprint[:12]}, but {model!r} is "
+            f"served with fingerprint {theirs}{hint}"
+        )
+    listed = ", ".join(f"{m} ({', '.join(f[:12] for f in fps)})" for m, fps in served.items())
+    return f"no inference service serves a model named {model!r} (served: {listed}){hint}"

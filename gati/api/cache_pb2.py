@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gati/api/cache.proto\x12\x07gati.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa9\x01\n\rLookupRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12#\n\nactivation\x18\x05 \x01(\x0b\x32\x0f.gati.v1.Tensor\x12\x16\n\x0e\x62undle_version\x18\x06 \x01(\x03\x12\x0c\n\x04rows\x18\x07 \x03(\x05\x12\x0e\n\x06labels\x18\x08 \x03(\x05\"\x94\x01\n\x0bLookupReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x0b\n\x03hit\x18\x04 \x03(\x08\x12\r\n\x05label\x18\x05 \x03(\x05\x12\x12\n\nconfidence\x18\x06 \x03(\x02\x12\x16\n\x0e\x62undle_version\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"\x1c\n\x0bPlanRequest\x12\r\n\x05model\x18\x01 \x01(\t\"@\n\tLayerPlan\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\treduction\x18\x02 \x01(\t\x12\x11\n\tinput_dim\x18\x03 \x01(\x05\"\x81\x01\n\x04Plan\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12\"\n\x06layers\x18\x04 \x03(\x0b\x32\x12.gati.v1.LayerPlan\x12\x13\n\x0blive_labels\x18\x05 \x01(\x08\"\x0f\n\rStatusRequest\"j\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x15\n\ractive_layers\x18\x03 \x03(\t\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\"]\n\x0bStatusReply\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.gati.v1.ModelStatus\x12\x17\n\x0f\x62undles_refused\x18\x02 \x01(\x04\x12\x0f\n\x07reloads\x18\x03 \x01(\x04\x32\xb8\x01\n\x0c\x43\x61\x63heService\x12<\n\x06Lookup\x12\x16.gati.v1.LookupRequest\x1a\x14.gati.v1.LookupReply\"\x00(\x01\x30\x01\x12\x30\n\x07GetPlan\x12\x14.gati.v1.PlanRequest\x1a\r.gati.v1.Plan\"\x00\x12\x38\n\x06Status\x12\x16.gati.v1.StatusRequest\x1a\x14.gati.v1.StatusReply\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gati/api/cache.proto\x12\x07gati.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa9\x01\n\rLookupRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\x12#\n\nactivation\x18\x05 \x01(\x0b\x32\x0f.gati.v1.Tensor\x12\x16\n\x0e\x62undle_version\x18\x06 \x01(\x03\x12\x0c\n\x04rows\x18\x07 \x03(\x05\x12\x0e\n\x06labels\x18\x08 \x03(\x05\"\x94\x01\n\x0bLookupReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x0b\n\x03hit\x18\x04 \x03(\x08\x12\r\n\x05label\x18\x05 \x03(\x05\x12\x12\n\nconfidence\x18\x06 \x03(\x02\x12\x16\n\x0e\x62undle_version\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"7\n\x0bPlanRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"#\n\x0cPlanNotFound\x12\x13\n\x0bheld_models\x18\x01 \x03(\t\"@\n\tLayerPlan\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\treduction\x18\x02 \x01(\t\x12\x11\n\tinput_dim\x18\x03 \x01(\x05\"\x81\x01\n\x04Plan\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12\"\n\x06layers\x18\x04 \x03(\x0b\x32\x12.gati.v1.LayerPlan\x12\x13\n\x0blive_labels\x18\x05 \x01(\x08\"\x0f\n\rStatusRequest\"j\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\x03\x12\x15\n\ractive_layers\x18\x03 \x03(\t\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\"]\n\x0bStatusReply\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.gati.v1.ModelStatus\x12\x17\n\x0f\x62undles_refused\x18\x02 \x01(\x04\x12\x0f\n\x07reloads\x18\x03 \x01(\x04\x32\xb8\x01\n\x0c\x43\x61\x63heService\x12<\n\x06Lookup\x12\x16.gati.v1.LookupRequest\x1a\x14.gati.v1.LookupReply\"\x00(\x01\x30\x01\x12\x30\n\x07GetPlan\x12\x14.gati.v1.PlanRequest\x1a\r.gati.v1.Plan\"\x00\x12\x38\n\x06Status\x12\x16.gati.v1.StatusRequest\x1a\x14.gati.v1.StatusReply\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPREPLY']._serialized_start=260
   _globals['_LOOKUPREPLY']._serialized_end=408
   _globals['_PLANREQUEST']._serialized_start=410
-  _globals['_PLANREQUEST']._serialized_end=438
-  _globals['_LAYERPLAN']._serialized_start=440
-  _globals['_LAYERPLAN']._serialized_end=504
-  _globals['_PLAN']._serialized_start=507
-  _globals['_PLAN']._serialized_end=636
-  _globals['_STATUSREQUEST']._serialized_start=638
-  _globals['_STATUSREQUEST']._serialized_end=653
-  _globals['_MODELSTATUS']._serialized_start=655
-  _globals['_MODELSTATUS']._serialized_end=761
-  _globals['_STATUSREPLY']._serialized_start=763
-  _globals['_STATUSREPLY']._serialized_end=856
-  _globals['_CACHESERVICE']._serialized_start=859
-  _globals['_CACHESERVICE']._serialized_end=1043
+  _globals['_PLANREQUEST']._serialized_end=465
+  _globals['_PLANNOTFOUND']._serialized_start=467
+  _globals['_PLANNOTFOUND']._serialized_end=502
+  _globals['_LAYERPLAN']._serialized_start=504
+  _globals['_LAYERPLAN']._serialized_end=568
+  _globals['_PLAN']._serialized_start=571
+  _globals['_PLAN']._serialized_end=700
+  _globals['_STATUSREQUEST']._serialized_start=702
+  _globals['_STATUSREQUEST']._serialized_end=717
+  _globals['_MODELSTATUS']._serialized_start=719
+  _globals['_MODELSTATUS']._serialized_end=825
+  _globals['_STATUSREPLY']._serialized_start=827
+  _globals['_STATUSREPLY']._serialized_end=920
+  _globals['_CACHESERVICE']._serialized_start=923
+  _globals['_CACHESERVICE']._serialized_end=1107
 # @@protoc_insertion_point(module_scope)

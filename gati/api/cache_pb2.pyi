@@ -57,10 +57,18 @@ class LookupReply(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., layer: _Optional[str] = ..., hit: _Optional[_Iterable[bool]] = ..., label: _Optional[_Iterable[int]] = ..., confidence: _Optional[_Iterable[float]] = ..., bundle_version: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "model_fingerprint")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    model_fingerprint: str
+    def __init__(self, model: _Optional[str] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+
+class PlanNotFound(_message.Message):
+    __slots__ = ("held_models",)
+    HELD_MODELS_FIELD_NUMBER: _ClassVar[int]
+    held_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, held_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LayerPlan(_message.Message):
     __slots__ = ("layer", "reduction", "input_dim")

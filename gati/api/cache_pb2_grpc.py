@@ -63,7 +63,9 @@ class CacheServiceServicer:
     def GetPlan(self, request, context):
         """The layers with an active probe for a model, how to reduce each
         activation before sending it, and the bundle version. NOT_FOUND when the
-        cache service holds no bundle for the model.
+        cache service holds no bundle for the model; then the trailing metadata
+        key "gati-plan-not-found-bin" carries a serialized PlanNotFound naming the
+        models it does hold, so the caller can say which name it should serve.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,7 +4,8 @@ Health is what a client would see: grpc.health.v1 for the services, PING (with A
 Redis, an accepted connection for the broker. Freshness and dead threads come from each
 service's Prometheus endpoint, because health alone says "up", not "up to date": the cache's
 bundle versions and how long ago it last synced with Redis, the trainer's window and how
-long ago a record last reached it, the inference service's plans, and any essential
+long ago a record last reached it, the inference service's plans (and every served model
+the cache service has no bundle for, with the names it does hold), and any essential
 background thread no longer running (`gati_thread_alive` 0, which also makes health
 NOT_SERVING). A value a service does not expose shows as "-". Exit status: 0 when everything
 is running and healthy, 1 when something is not, 3 when no stack is recorded in the run
@@ -55,10 +56,15 @@ class ProcessStatus:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default=st.DEFAULT_RUN_DIR, help="as given to `gati up`")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--timeout", type=float, default=1.0, help="seconds per health check (default 1)"
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write JSON instead of a table, to PATH (none or -: standard output)",
     )
+    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per health check")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,19 +76,28 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNHEALTHY
     if state is None:
         if args.json:
-            print(json.dumps({"run_dir": str(run_dir), "running": False, "processes": []}))
+            _write_json(args.json, {"run_dir": str(run_dir), "running": False, "processes": []})
         else:
             print(f"nothing running in {run_dir}")
         return EXIT_NOT_RUNNING
     statuses = collect(state, args.timeout)
     healthy = all(s.ok for s in statuses)
     if args.json:
-        print(json.dumps(as_json(state, statuses), indent=2))
+        _write_json(args.json, as_json(state, statuses))
     else:
         phase = "up" if state.complete else "starting (or an interrupted start)"
         print(f"gati in {run_dir}: {phase}, {'healthy' if healthy else 'NOT healthy'}\n")
         print(render(state, statuses))
     return EXIT_HEALTHY if healthy else EXIT_UNHEALTHY
+
+
+def _write_json(path: str, payload: dict) -> None:
+    text = json.dumps(payload, indent=2)
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text + "\n")
 
 
 def collect(state: st.StackState, timeout: float = 1.0) -> list[ProcessStatus]:
@@ -191,7 +206,9 @@ def freshness(name: str, samples: Samples) -> dict[str, Any]:
 
     cache: bundle version in use per model, seconds since its last good sync with Redis;
     trainer: labelled records in its window, seconds since a record last reached it;
-    inference: the bundle version of each model's plan."""
+    inference: the bundle version of each model's plan, and `missing`: each served model the
+    cache service said it has no bundle for -> the names it holds (a misnamed publish shows
+    here instead of as a silent lack of hits)."""
     if name == "cache":
         return {
             "bundles": _by_model(samples, "gati_cache_bundle_version"),
@@ -204,8 +221,24 @@ def freshness(name: str, samples: Samples) -> dict[str, Any]:
             "last_record_age_seconds": _gauge(samples, "gati_trainer_last_record_age_seconds"),
         }
     if name == "inference":
-        return {"plans": _by_model(samples, "gati_cache_plan_bundle_version")}
+        return {
+            "plans": _by_model(samples, "gati_cache_plan_bundle_version"),
+            "missing": missing_bundles(samples),
+        }
     return {}
+
+
+def missing_bundles(samples: Samples) -> dict[str, list[str]] | None:
+    """Served model -> names the cache service holds, for every model it has no bundle for
+    (`gati_inference_bundle_missing` 1); None when the service does not export it."""
+    flags = samples.get("gati_inference_bundle_missing")
+    if flags is None:
+        return None
+    missing: dict[str, list[str]] = {labels.get("model", ""): [] for labels, v in flags if v == 1}
+    for labels, v in samples.get("gati_inference_cache_holds", ()):
+        if v == 1 and labels.get("model", "") in missing:
+            missing[labels["model"]].append(labels.get("held", ""))
+    return {m: sorted(held) for m, held in sorted(missing.items())}
 
 
 def dead_threads(samples: Samples) -> list[str]:
@@ -226,7 +259,10 @@ def render_freshness(name: str, fresh: dict[str, Any]) -> str:
         last = _ago(fresh["last_record_age_seconds"])
         return f"window {'-' if window is None else window}, last record {last}"
     if name == "inference":
-        return f"plans {_versions(fresh['plans'])}"
+        text = f"plans {_versions(fresh['plans'])}"
+        for model, held in (fresh.get("missing") or {}).items():
+            text += f"; no bundle for {model} (cache holds: {', '.join(held) or 'none'})"
+        return text
     return "-"
 
 

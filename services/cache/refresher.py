@@ -9,6 +9,10 @@ probes build) and swaps the new runtime in. Syncs run in one thread, on:
 - a timer (`refresh_s`), because pub/sub is at-most-once.
 A rollback needs nothing special: the pointer moved, so the runtime follows it, down or up.
 
+A sync also writes which models the inference services asked plans for, with which
+fingerprint (`services.cache.served`), so `gati probes publish` can check a bundle against
+what is served; a pair seen for the first time wakes a sync, so it lands within milliseconds.
+
 A bundle that fails verification is refused (metric + log) and the last good one stays; the
 refused version is not fetched again until the pointer moves. A service that holds nothing yet
 (it just started) behind a refused pointer falls back to the newest version below the pointer
@@ -32,9 +36,10 @@ import redis
 from gati.probes.bundle import Bundle, BundleError
 from gati.probes.fitness import FitnessError, fit_to_serve
 from gati.probes.runtime import ProbeRuntime
-from gati.store import Announcement, BundleStore
+from gati.store import SERVED_TTL_S, Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
+from services.cache.served import ServedModels
 from services.common.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -80,6 +85,8 @@ class BundleRefresher:
         self.metrics = metrics
         self.models = tuple(models)  # empty: every model Redis has a bundle for
         self.refresh_s = refresh_s
+        # rewritten well within the TTL, so a pair still asked for never lapses in Redis
+        self.served = ServedModels(rewrite_s=SERVED_TTL_S / 5, forget_s=SERVED_TTL_S)
         self._backoff = (backoff_first_s, backoff_max_s)
         # model -> (epoch, version) refused while the pointer stays
         self._refused: dict[str, tuple[str | None, int]] = {}
@@ -123,6 +130,12 @@ class BundleRefresher:
         """Sync soon (an announcement arrived or a connection came back)."""
         self._wake.set()
 
+    def note_served(self, model: str, fingerprint: str) -> None:
+        """A plan request for `model` from a service serving weights `fingerprint` (called
+        on the server's event loop: no Redis here; a new pair wakes a sync to write it)."""
+        if self.served.note(model, fingerprint):
+            self.wake()
+
     # ---- one sync -----------------------------------------------------------------------
     def sync_once(self) -> bool:
         """Follow every tracked model's pointer once; False if Redis could not be read."""
@@ -130,6 +143,9 @@ class BundleRefresher:
             try:
                 for model in self.models or self.store.models():
                     self._sync_model_safely(model)
+                due = self.served.due()
+                self.store.report_served(due, SERVED_TTL_S)
+                self.served.written(due)
             except REDIS_ERRORS as exc:
                 self.metrics.redis_errors.inc()
                 if self._redis_ok:

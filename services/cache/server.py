@@ -83,7 +83,10 @@ def build(config: CacheConfig) -> CacheServer:
         (names.HEALTH_CACHE,),
         (cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,),
         lambda server: cache_pb2_grpc.add_CacheServiceServicer_to_server(
-            CacheServicer(engine, config.max_streams, config.stream_idle_seconds), server
+            CacheServicer(
+                engine, config.max_streams, config.stream_idle_seconds, refresher.note_served
+            ),
+            server,
         ),
     )
     if not refresher.sync_once():

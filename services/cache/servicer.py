@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.errors import GatiError
+from gati.errors import GatiError, NotFound
 from services.cache.codec import (
     decode_lookup,
     encode_plan,
@@ -36,9 +37,15 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     for `idle_seconds` is closed, so no client can hold the service's capacity forever."""
 
     def __init__(
-        self, engine: LookupEngine, max_streams: int = 64, idle_seconds: float = 600.0
+        self,
+        engine: LookupEngine,
+        max_streams: int = 64,
+        idle_seconds: float = 600.0,
+        note_served: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine = engine
+        # (model, fingerprint) of each plan request that states one: what is served
+        self.note_served = note_served or (lambda model, fingerprint: None)
         self.max_streams = max_streams
         self.idle_seconds = idle_seconds
         self._streams: dict[asyncio.Task, float] = {}  # handler -> last message (monotonic)
@@ -127,9 +134,19 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def GetPlan(
         self, request: cache_pb2.PlanRequest, context: grpc.aio.ServicerContext
     ) -> cache_pb2.Plan:
+        if request.model_fingerprint:
+            self.note_served(request.model, request.model_fingerprint)
         try:
             runtime = self.engine.plan(request.model)
             return encode_plan(request.model, runtime, self.engine.live is not None)
+        except NotFound as exc:  # say what is held, so the caller can name the mismatch
+            held = cache_pb2.PlanNotFound(held_models=self.engine.probes.models())
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                str(exc),
+                ((names.PLAN_NOT_FOUND_KEY, held.SerializeToString()),),
+            )
+            raise  # abort raises; this line is never reached
         except GatiError as exc:
             await context.abort(status_code(exc), str(exc))
             raise  # abort raises; this line is never reached

@@ -9,7 +9,11 @@ that sent lookups, which the relay sends on the same stream (no reply). If the r
 cache service is down, `plan` returns None (the full model serves) while the relay reconnects
 with backoff, and a relay that exits is started again.
 Plans come from unary GetPlan calls on this process's own channel, once a second and at once
-when a reply names a bundle version other than the plan's.
+when a reply names a bundle version other than the plan's. Each states the model's weights
+fingerprint (the cache service records what is served, for `gati probes publish` to check
+bundles against). A NOT_FOUND names the models the cache service does hold: a model served
+under a name no bundle is published as is logged (once, and again when what is held changes)
+and exported (`gati_inference_bundle_missing`), since it would otherwise just never hit.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 
+from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.models import StagedModel
 from gati.probes.reductions import REDUCTIONS, grid, reduce
@@ -180,6 +186,9 @@ class CacheClient:
         self._closed = threading.Event()
         self._plan_wakeup = threading.Event()
         self._plans: dict[str, ActivePlan | None] = dict.fromkeys(models)
+        # model -> the names the cache service held when it had no bundle for it (None: it
+        # did not say); absent while it has one, or before it was first asked
+        self._missing: dict[str, tuple[str, ...] | None] = {}
         self._channels: dict[str, dict[str, int]] = {}  # model -> cut -> channels
         self._channel = grpc.insecure_channel(
             address,
@@ -449,13 +458,61 @@ class CacheClient:
             self._refresh_plan(name)
 
     def _refresh_plan(self, name: str) -> None:
+        request = cache_pb2.PlanRequest(
+            model=name, model_fingerprint=self._models[name].fingerprint()
+        )
         try:
-            reply = self._stub.GetPlan(cache_pb2.PlanRequest(model=name), timeout=2.0)
+            reply = self._stub.GetPlan(request, timeout=2.0)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._note_missing(name, held_models(exc))
                 self._set_plan(name, None)
             return
+        self._note_found(name)
         self._set_plan(name, self._validate(name, reply))
+
+    def _note_missing(self, name: str, held: tuple[str, ...] | None) -> None:
+        """The cache service has no bundle for `name`: say so once (and again when what it
+        holds changes), with the names it does hold, since the likeliest cause is a bundle
+        published under another name than the one served here."""
+        if name in self._missing and self._missing[name] == held:
+            return
+        self._forget_held(name)
+        self._missing[name] = held
+        self._metrics.bundle_missing.labels(name).set(1)
+        for other in held or ():
+            self._metrics.cache_holds.labels(name, other).set(1)
+        if held is None:
+            holds = "it did not say which models it holds"
+        else:
+            holds = f"it holds bundles for: {', '.join(held) or 'none'}"
+        log.warning(
+            "model %s: the cache service at %s has no bundle for this name (%s); serving the "
+            "full model. Publish a bundle under this name (gati probes publish --model %s) or "
+            "serve the model under the name its bundle is published as",
+            name,
+            self.address,
+            holds,
+            name,
+        )
+
+    def _note_found(self, name: str) -> None:
+        if name in self._missing:
+            log.info("model %s: the cache service now has a bundle for this name", name)
+            self._forget_held(name)
+            del self._missing[name]
+            self._metrics.bundle_missing.labels(name).set(0)
+
+    def _forget_held(self, name: str) -> None:
+        """Drop the held-names series last exported for `name` (what is held changed)."""
+        for other in self._missing.get(name) or ():
+            with contextlib.suppress(KeyError):
+                self._metrics.cache_holds.remove(name, other)
+
+    def missing(self) -> dict[str, tuple[str, ...] | None]:
+        """model -> names the cache service held when it had no bundle for it (None: not
+        said), for every served model it last answered NOT_FOUND for."""
+        return dict(self._missing)
 
     def _validate(self, name: str, plan: cache_pb2.Plan) -> ActivePlan | None:
         model = self._models[name]
@@ -495,6 +552,19 @@ class CacheClient:
                 self._relay.wait()
         self._channel.close()
         self.handoff.close()
+
+
+def held_models(exc: grpc.RpcError) -> tuple[str, ...] | None:
+    """The models a NOT_FOUND GetPlan says the cache service holds; None when it did not
+    say (a cache service older than PlanNotFound) or said it in a form we cannot read."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == names.PLAN_NOT_FOUND_KEY and isinstance(value, bytes):
+            try:
+                return tuple(cache_pb2.PlanNotFound.FromString(value).held_models)
+            except DecodeError:  # never let a bad trailer stop the plan loop
+                return None
+    return None
 
 
 def check_plan(

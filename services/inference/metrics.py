@@ -186,3 +186,18 @@ class InferenceMetrics:
         )
         # recorder, shadow, cache-plan, cache-relay: alive, and errors their loops went on from
         self.threads = Liveness(r)
+        # --- a served model the cache service has no bundle for (see cache_client) ---
+        self.bundle_missing = Gauge(
+            "gati_inference_bundle_missing",
+            "1 while the cache service answers it has no bundle for this served model name "
+            "(no caches; likely a bundle published under another name), 0 once it has one",
+            ["model"],
+            registry=r,
+        )
+        self.cache_holds = Gauge(
+            "gati_inference_cache_holds",
+            "1 for each name the cache service holds a bundle for, as it said when it had "
+            "none for `model` (set only while gati_inference_bundle_missing is 1)",
+            ["model", "held"],
+            registry=r,
+        )

@@ -43,7 +43,9 @@ def test_serve_cache_process(redis_url: str, store: BundleStore, tmp_path) -> No
             bundle_dir = make_bundle(seed=2).save(tmp_path / "b2")
             start = time.perf_counter()
             out = subprocess.run(
-                gati_argv("probes", "publish", str(bundle_dir), "--redis-url", redis_url),
+                gati_argv(
+                    "probes", "publish", "--bundle", str(bundle_dir), "--redis-url", redis_url
+                ),
                 capture_output=True,
                 text=True,
                 check=True,

@@ -95,18 +95,59 @@ def test_announcement_parse_rejects_junk() -> None:
 
 def test_cli_publish_and_rollback(redis_url: str, store: BundleStore, tmp_path, capsys) -> None:
     bundle_dir = make_bundle().save(tmp_path / "bundle")
-    assert gati_main(["probes", "publish", str(bundle_dir), "--redis-url", redis_url]) == 0
+    assert (
+        gati_main(["probes", "publish", "--bundle", str(bundle_dir), "--redis-url", redis_url]) == 0
+    )
     assert capsys.readouterr().out.strip() == "1"
-    argv = ["probes", "publish", str(bundle_dir), "--redis-url", redis_url, "--model", "m2"]
+    argv = [
+        "probes",
+        "publish",
+        "--bundle",
+        str(bundle_dir),
+        "--redis-url",
+        redis_url,
+        "--model",
+        "m2",
+    ]
     assert gati_main(argv) == 0
     assert capsys.readouterr().out.strip() == "1"
-    assert gati_main(["probes", "publish", str(bundle_dir), "--redis-url", redis_url]) == 0
+    assert (
+        gati_main(["probes", "publish", "--bundle", str(bundle_dir), "--redis-url", redis_url]) == 0
+    )
     assert capsys.readouterr().out.strip() == "2"
     assert store.models() == ["m2", MODEL]
 
-    assert gati_main(["probes", "rollback", "1", "--model", MODEL, "--redis-url", redis_url]) == 0
+    assert (
+        gati_main(
+            [
+                "probes",
+                "rollback",
+                "--bundle-version",
+                "1",
+                "--model",
+                MODEL,
+                "--redis-url",
+                redis_url,
+            ]
+        )
+        == 0
+    )
     assert store.pointer(MODEL) == 1
-    assert gati_main(["probes", "rollback", "9", "--model", MODEL, "--redis-url", redis_url]) == 2
+    assert (
+        gati_main(
+            [
+                "probes",
+                "rollback",
+                "--bundle-version",
+                "9",
+                "--model",
+                MODEL,
+                "--redis-url",
+                redis_url,
+            ]
+        )
+        == 2
+    )
     assert "no bundle version 9" in capsys.readouterr().err
 
 
@@ -116,6 +157,8 @@ def test_cli_publish_refuses_a_corrupt_bundle(redis_url: str, store: BundleStore
     data = bytearray(tensors.read_bytes())
     data[-1] ^= 0xFF  # flip bits in the last tensor value
     tensors.write_bytes(bytes(data))
-    assert gati_main(["probes", "publish", str(bundle_dir), "--redis-url", redis_url]) == 2
+    assert (
+        gati_main(["probes", "publish", "--bundle", str(bundle_dir), "--redis-url", redis_url]) == 2
+    )
     assert "checksum mismatch" in capsys.readouterr().err
     assert store.models() == []
