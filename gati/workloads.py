@@ -1,4 +1,4 @@
-"""Request streams with the temporal locality learned caches feed on (DESIGN.md section 4).
+"""Request streams with the temporal locality learned caches feed on (as in the GATI paper).
 
 Every stream is a sequence of images drawn from a dataset; `source` keeps the dataset index
 of each request so that evaluation can group errors by image (one image recurs many times,

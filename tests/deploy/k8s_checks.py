@@ -10,6 +10,7 @@
 
 Also a command, for CI or for checking your own overlay:
     python -m tests.deploy.k8s_checks deploy/k8s/overlays/prod [more overlays]
+    python -m tests.deploy.k8s_checks --kserve my/overlay   # one that includes components/kserve
 """
 
 from __future__ import annotations
@@ -348,9 +349,20 @@ def dns_allowed(objs: list[Obj], pod: Endpoint) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    """Validate each overlay given (default: every overlay). With `--kserve`, KServe's custom
+    resources (components/kserve) get the structural checks of `kserve_checks` instead."""
+    from tests.deploy import kserve_checks
+
+    kserve = "--kserve" in argv
+    argv = [a for a in argv if a != "--kserve"]
     status = 0
     for arg in argv or [str(p) for p in overlays()]:
-        errors = validate(render(Path(arg)))
+        objs = render(Path(arg))
+        if kserve:
+            errors = validate(objs, custom_groups={kserve_checks.GROUP})
+            errors += kserve_checks.structure(objs) + kserve_checks.network(objs)
+        else:
+            errors = validate(objs)
         print(f"{arg}: {'ok' if not errors else f'{len(errors)} error(s)'}")
         for e in errors:
             print(f"  {e}")

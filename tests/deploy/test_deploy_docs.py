@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,26 @@ def test_documented_metrics_exist() -> None:
         pytest.fail(f"docs/deploy.md names {name}, which no service exposes")
     if pending:
         pytest.skip(f"metrics of services not written yet: {sorted(pending)}")
+
+
+@pytest.mark.parametrize("overlay", k8s.overlays(), ids=lambda p: p.name)
+def test_the_topic_first_selection_is_kafka_alone_and_complete(overlay: Path) -> None:
+    """docs/deploy.md applies `-l 'KEY in (A,B,...)'` first, so the Job creates the topic
+    before any service could (with 1 partition, replication 1): that selection must run
+    Kafka and the Job on its own and hold no gati service."""
+    (selector,) = re.findall(r"apply -k \S+ -l '([^']+)'", DOC)
+    key, values = re.fullmatch(r"([\w./-]+) in \(([^)]*)\)", selector).groups()
+    wanted = {v.strip() for v in values.split(",")}
+    objs = k8s.render(overlay)
+    chosen = [o for o in objs if (o["metadata"].get("labels") or {}).get(key) in wanted]
+    names_ = {k8s.describe(o) for o in chosen}
+    assert {"Job/gati-kafka-topics", "StatefulSet/gati-kafka", "Service/gati-kafka"} <= names_
+    assert not [o for o in k8s.workloads(chosen) if o["kind"] == "Deployment"]
+    for workload in k8s.workloads(chosen):
+        spec = k8s.pod_template(workload)["spec"]
+        assert k8s.find(chosen, "ServiceAccount", spec["serviceAccountName"]) is not None
+        for container in k8s.containers(spec):
+            k8s.resolve_env(container, chosen, {})  # every ConfigMap key is in the selection
+    pods = {e.name: e for e in k8s.pod_endpoints(chosen)}
+    assert k8s.allows(chosen, pods["gati-kafka-topics"], pods["gati-kafka"], 9092)
+    assert all(k8s.dns_allowed(chosen, p) for p in pods.values())

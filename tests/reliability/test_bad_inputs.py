@@ -3,7 +3,7 @@
 Random model names and versions, input names, datatypes, shapes (negative, zero, huge),
 byte lengths, typed contents, parameters and requested outputs: half built from scratch, half
 near misses of a good request (a few fields changed: right shape, wrong length; right bytes,
-wrong datatype), which reach the deeper checks. DESIGN.md section 6: each is
+wrong datatype), which reach the deeper checks. The contract: each is
 answered (a well-formed one may well succeed) or refused with a clean status, INVALID_ARGUMENT,
 NOT_FOUND or RESOURCE_EXHAUSTED, never INTERNAL or UNKNOWN; the service stays healthy and a
 good request succeeds afterwards. The streaming call gets the same treatment: an error there

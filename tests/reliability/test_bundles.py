@@ -1,6 +1,6 @@
 """Hostile probe bundles published into Redis: refused, nothing runs, the last good one stays.
 
-A bundle read from the network is data, not code (DESIGN.md section 2). Each case below is
+A bundle read from the network is data, not code (nothing is unpickled). Each case below is
 planted behind the model's pointer and announced, as a publisher with write access to Redis
 could; the cache service must refuse it (counted in `gati_cache_bundles_refused`, logged), keep
 serving the good version, stay healthy, and never run the payload: the pickles open a marker

@@ -1,6 +1,6 @@
 """Faults under load: each dependency of the request path dies and comes back; no request fails.
 
-DESIGN.md section 6: the inference service never fails a request because the cache service,
+The contract: the inference service never fails a request because the cache service,
 Kafka or Redis is down; it serves the full model. Each test runs the clients, injects one
 fault, checks what the design promises while it lasts and after recovery, and leaves the stack
 healthy. Records the producer cannot deliver while the broker is down must all be counted:
