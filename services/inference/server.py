@@ -184,10 +184,10 @@ def build(config: InferenceConfig) -> InferenceServer:
     metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
     handle.set_serving(True)
     log.info(
-        "inference service on port %d (REST %s, metrics %s), models: %s",
+        "inference service on port %d (metrics %s), REST %s, models: %s",
         handle.port,
-        rest.port if rest is not None else "off",
         metrics_port,
+        rest.port if rest is not None else "off",
         ", ".join(models),
     )
     return InferenceServer(
