@@ -30,8 +30,18 @@ def quiet_kafka_logging() -> None:
         logger.setLevel(logging.CRITICAL)
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_ms: int = 3000) -> str:
-    """Create `topic` unless it exists; return its topic id.
+class TopicMissing(KafkaError):
+    """The topic does not exist and this service was told not to create it."""
+
+
+def ensure_topic(
+    bootstrap: str, topic: str, partitions: int = 1, timeout_ms: int = 3000, create: bool = True
+) -> str:
+    """Create `topic` unless it exists (or raise TopicMissing if `create` is off); return its
+    topic id.
+
+    A cluster turns creation off: a service's replication-1 topic would otherwise pre-empt the
+    topic Job's replication 3 (the first broker to answer accepts it).
 
     The id tells a consumer whether the topic it reads is still the one it joined: a broker
     that lost its state (a restarted Tansu) gives the re-created topic a new id, while its
@@ -46,6 +56,11 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_ms: in
     )
     try:
         if topic not in admin.list_topics():
+            if not create:
+                raise TopicMissing(
+                    f"topic {topic} does not exist and create_topic is off: create it first "
+                    "(in Kubernetes, the gati-kafka-topics Job)"
+                )
             try:
                 admin.create_topics([NewTopic(topic, partitions, 1)], timeout_ms=timeout_ms)
                 log.info("created Kafka topic %s (%d partitions)", topic, partitions)
@@ -80,4 +95,11 @@ class Backoff:
         self.next_try = 0.0
 
 
-__all__ = ["BOOTSTRAP_TIMEOUT_MS", "Backoff", "KafkaError", "ensure_topic", "quiet_kafka_logging"]
+__all__ = [
+    "BOOTSTRAP_TIMEOUT_MS",
+    "Backoff",
+    "KafkaError",
+    "TopicMissing",
+    "ensure_topic",
+    "quiet_kafka_logging",
+]

@@ -59,6 +59,11 @@ class InferenceConfig:
     # --- activation records (Kafka) ---
     kafka_bootstrap: str | None = _f(None, "Kafka bootstrap servers (unset: no records)")
     records_topic: str = _f(names.ACTIVATIONS_TOPIC, "Kafka topic for activation records")
+    create_topic: bool = _f(
+        True,
+        "create the records topic if missing (1 partition, replication 1); off in a cluster, "
+        "where the topic Job creates it with its replication",
+    )
     record_queue: int = _f(10000, "records buffered before new ones are dropped (counted)")
     record_layers: tuple[str, ...] = _f((), "cut points recorded (empty: every cut point)")
     record_reduction: str = _f("pool4", "reduction of recorded activations")

@@ -37,7 +37,13 @@ from kafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionE
 from gati import records
 from gati.probes.reductions import grid, reduce
 from services.common import cpus
-from services.common.kafka import BOOTSTRAP_TIMEOUT_MS, Backoff, ensure_topic, quiet_kafka_logging
+from services.common.kafka import (
+    BOOTSTRAP_TIMEOUT_MS,
+    Backoff,
+    TopicMissing,
+    ensure_topic,
+    quiet_kafka_logging,
+)
 from services.inference.config import InferenceConfig
 from services.inference.engine import RecordJob, RowRecord
 from services.inference.metrics import InferenceMetrics
@@ -102,6 +108,7 @@ class Recorder:
         quiet_kafka_logging()
         self.bootstrap = config.kafka_bootstrap
         self.topic = config.records_topic
+        self.create_topic = config.create_topic
         self.reduction = config.record_reduction
         self.capacity = config.record_queue  # rows
         self.max_inflight = max_inflight or config.record_queue
@@ -242,15 +249,15 @@ class Recorder:
     def _check_topic(self) -> None:
         self._topic_checked = time.monotonic()
         self._recheck_topic = False
-        ensure_topic(self.bootstrap, self.topic)
+        ensure_topic(self.bootstrap, self.topic, create=self.create_topic)
 
     def _unreachable(self, exc: BaseException) -> None:
         delay = self._backoff.failed()
         if not self._down_logged:
             log.warning(
-                "Kafka %s unreachable (%s): dropping activation records, retrying every <=%.0fs",
+                "Kafka %s unusable (%s): dropping activation records, retrying every <=%.0fs",
                 self.bootstrap,
-                type(exc).__name__,
+                str(exc) if isinstance(exc, TopicMissing) else type(exc).__name__,
                 self._backoff.most,
             )
             self._down_logged = True

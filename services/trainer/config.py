@@ -27,6 +27,11 @@ class TrainerConfig(FitConfig, CostConfig):
     metrics_port: int = _f(names.TRAINER_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
     kafka_bootstrap: str = _f("127.0.0.1:9092", "Kafka bootstrap servers")
     records_topic: str = _f(names.ACTIVATIONS_TOPIC, "Kafka topic of activation records")
+    create_topic: bool = _f(
+        True,
+        "create the records topic if missing (1 partition, replication 1); off in a cluster, "
+        "where the topic Job creates it with its replication",
+    )
     group_id: str = _f(names.TRAINER_GROUP, "Kafka consumer group")
     redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis receiving the probe bundles")
     redis_password: str | None = _f(None, "Redis AUTH password (or in redis_url)")

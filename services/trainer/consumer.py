@@ -31,7 +31,13 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
-from services.common.kafka import BOOTSTRAP_TIMEOUT_MS, Backoff, ensure_topic, quiet_kafka_logging
+from services.common.kafka import (
+    BOOTSTRAP_TIMEOUT_MS,
+    Backoff,
+    TopicMissing,
+    ensure_topic,
+    quiet_kafka_logging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ class RecordSource:
         *,
         session_timeout_ms: int = 6000,
         topic_check_seconds: float = 5.0,
+        create_topic: bool = True,
         max_poll_records: int = 500,
         on_commit_error: Callable[[], None] | None = None,
         on_rejoin: Callable[[str], None] | None = None,
@@ -56,6 +63,7 @@ class RecordSource:
         self.group_id = group_id
         self.session_timeout_ms = session_timeout_ms
         self.topic_check_seconds = topic_check_seconds
+        self.create_topic = create_topic
         self.max_poll_records = max_poll_records
         self._on_commit_error = on_commit_error or (lambda: None)
         self._on_rejoin = on_rejoin or (lambda reason: None)
@@ -120,7 +128,7 @@ class RecordSource:
             return None
         self._checked = now
         try:
-            topic_id = ensure_topic(self.bootstrap, self.topic)
+            topic_id = ensure_topic(self.bootstrap, self.topic, create=self.create_topic)
         except KafkaError as exc:
             self._lost(exc)
             return None
@@ -172,7 +180,8 @@ class RecordSource:
 
     def _lost(self, exc: BaseException) -> None:
         if not self._outage:
-            log.warning("Kafka %s unreachable (%s): retrying", self.bootstrap, type(exc).__name__)
+            why = str(exc) if isinstance(exc, TopicMissing) else type(exc).__name__
+            log.warning("Kafka %s unusable (%s): retrying", self.bootstrap, why)
         self._outage = True
         self._backoff.failed()
 

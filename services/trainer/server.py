@@ -69,6 +69,7 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         config.group_id,
         session_timeout_ms=config.session_timeout_ms,
         topic_check_seconds=config.topic_check_seconds,
+        create_topic=config.create_topic,
         on_commit_error=metrics.commit_errors.inc,
         on_rejoin=lambda reason: metrics.rejoins.inc() if reason != "start" else None,
         on_error=lambda: metrics.threads.error("trainer"),

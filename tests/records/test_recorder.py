@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from gati import records
 from gati.local.ports import free_port
 from gati.local.processes import start_tansu
 from gati.models import StagedModel, load_model
 from gati.probes.reductions import reduce
+from services.common.kafka import TopicMissing, ensure_topic
 from services.inference.config import InferenceConfig
 from services.inference.engine import Engine, RecordJob, RowRecord, ServedModel
 from services.inference.metrics import InferenceMetrics
@@ -163,6 +164,41 @@ def test_broker_down_never_blocks_submit_and_recovers(tmp_path: Path, topic: str
             broker.stop()
     finally:
         recorder.close()
+
+
+def _topics(bootstrap: str) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=5000)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def test_a_recorder_told_not_to_create_the_topic_waits_for_it(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """In a cluster the topic Job owns the topic (its replication); the recorder drops and
+    counts records until the topic exists, never creating a replication-1 one itself."""
+    with pytest.raises(TopicMissing, match=topic):
+        ensure_topic(kafka_bootstrap, topic, create=False)
+    metrics = InferenceMetrics()
+    recorder = Recorder(_config(kafka_bootstrap, topic, create_topic=False), metrics)
+    try:
+        assert recorder.submit(_job("m", 16, 32))
+        assert recorder.flush(20)
+        assert _dropped(metrics, "kafka") == 1 and _sent(metrics) == 0
+        assert topic not in _topics(kafka_bootstrap)
+
+        ensure_topic(kafka_bootstrap, topic)  # what the topic Job does
+        deadline = time.monotonic() + 40
+        while _sent(metrics) == 0 and time.monotonic() < deadline:
+            recorder.submit(_job("m", 16, 32))
+            assert recorder.flush(20)
+            time.sleep(0.2)
+        assert _sent(metrics) >= 1, "no record delivered once the topic existed"
+    finally:
+        recorder.close()
+    assert len(consume(kafka_bootstrap, topic, 1)) >= 1
 
 
 def test_queue_full_drops_are_counted_per_row(kafka_bootstrap: str, topic: str) -> None:

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 
 from gati import records
 from gati.local.ports import free_port
@@ -73,6 +73,23 @@ def test_committed_records_are_not_redelivered_and_none_skipped(kafka_bootstrap:
     finally:
         second.close()
     assert rest == list(range(10, 50))
+
+
+def test_a_source_told_not_to_create_the_topic_waits_for_it(kafka_bootstrap: str) -> None:
+    topic, group = f"acts-{uuid.uuid4().hex[:8]}", f"trainer-{uuid.uuid4().hex[:8]}"
+    source = _source(kafka_bootstrap, topic, group, create_topic=False)
+    try:
+        assert source.poll(300) == []
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, bootstrap_timeout_ms=5000)
+        try:
+            assert topic not in admin.list_topics()  # the source did not create it
+        finally:
+            admin.close()
+        ensure_topic(kafka_bootstrap, topic)  # what the topic Job does
+        produce(kafka_bootstrap, topic, range(5))
+        assert sorted(drain(source, 5)) == list(range(5))
+    finally:
+        source.close()
 
 
 def test_uncommitted_records_come_again(kafka_bootstrap: str) -> None:
