@@ -20,6 +20,7 @@ DEFAULT_PORT_BASE = 8000
 # services instead of on 9092 / 6379, where a machine often runs its own.
 PORT_OFFSETS = {
     "inference": names.INFERENCE_PORT - DEFAULT_PORT_BASE,
+    "inference_http": names.INFERENCE_HTTP_PORT - DEFAULT_PORT_BASE,
     "inference_metrics": names.INFERENCE_METRICS_PORT - DEFAULT_PORT_BASE,
     "cache": names.CACHE_PORT - DEFAULT_PORT_BASE,
     "cache_metrics": names.CACHE_METRICS_PORT - DEFAULT_PORT_BASE,

@@ -54,7 +54,7 @@ def test_the_client_examples_use_the_service_names() -> None:
     for tensor in (names.INPUT_IMAGE, names.OUTPUT_LABEL, names.OUTPUT_HIT):
         assert f'"{tensor}"' in README
     assert f'InferenceServerClient("localhost:{names.INFERENCE_PORT}")' in README
-    assert 'InferenceServerClient("localhost:8000")' in README and "--http-port 8000" in README
+    assert f'InferenceServerClient("localhost:{names.INFERENCE_HTTP_PORT}")' in README
 
 
 def test_the_harness_call_binds() -> None:

@@ -217,6 +217,7 @@ def test_port_layout_from_base(tmp_path: Path) -> None:
     opts = up.options_from_args(up_args(weights=str(weights), ports=20000))
     assert up.plan_ports(opts) == {
         "inference": 20001,
+        "inference_http": 20000,
         "inference_metrics": 20002,
         "kafka": 20092,
         "redis": 20079,
@@ -228,12 +229,13 @@ def test_port_layout_from_base(tmp_path: Path) -> None:
     # the default base gives the services the ports they default to themselves
     default = up.options_from_args(up_args(weights=str(weights)))
     assert default.port_base + ports.PORT_OFFSETS["inference"] == 8001
+    assert default.port_base + ports.PORT_OFFSETS["inference_http"] == 8000
     lean = up.options_from_args(
         up_args(weights=str(weights), ports=0, cache=False, trainer=False, records=False)
     )
-    assert set(up.plan_ports(lean)) == {"inference", "inference_metrics"}
+    assert set(up.plan_ports(lean)) == {"inference", "inference_http", "inference_metrics"}
     free = up.plan_ports(up.options_from_args(up_args(weights=str(weights), ports=0)))
-    assert len(set(free.values())) == len(free) == 8
+    assert len(set(free.values())) == len(free) == 9
 
 
 def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
