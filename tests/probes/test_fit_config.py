@@ -46,7 +46,11 @@ def test_fit_flags_and_trainer_share_every_default() -> None:
     assert TrainerConfig().cost_config() == CostConfig() == CostConfig(lookup_mode="remote")
     assert args.lookup_mode == "remote" and args.model is None and args.bundle_version == 1
     default = FitConfig()
-    assert (default.selector, default.calibration, default.margin) == ("auto", "empirical", 0.005)
+    assert (default.selector, default.calibration, default.margin) == (
+        "logistic",
+        "empirical",
+        0.005,
+    )
     assert default.variants == ("linear", "mlp", "conv", "knn") and default.threads == 1
 
 
