@@ -10,10 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
-from urllib.parse import urlsplit
 
 from gati import __version__
-from gati.config import ConfigError
+from gati.config import ConfigError, redacted
 
 # (group, command) -> (module, one-line help). group None: a top-level command.
 COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
@@ -60,16 +59,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         if action.default in (None, argparse.SUPPRESS) or not action.option_strings:
             return text
-        return f"{text} (default: {_redacted(action.default).replace('%', '%%')})"
-
-
-def _redacted(value: object) -> str:
-    text = str(value)
-    if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            return text.replace(f":{parts.password}@", ":***@", 1)
-    return text
+        return f"{text} (default: {redacted(action.default).replace('%', '%%')})"
 
 
 def _common_options(top: bool) -> argparse.ArgumentParser:

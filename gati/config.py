@@ -17,6 +17,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -131,6 +132,16 @@ def load(
 def env_names(cls: type) -> set[str]:
     """Every environment variable a config class reads (manifests are checked against this)."""
     return {env_name(f.name) for f in dataclasses.fields(cls)} | {env_name("config")}
+
+
+def redacted(value: object) -> str:
+    """`value` as text, with the password of a URL (redis://:pw@host) shown as ***."""
+    text = str(value)
+    if isinstance(value, str) and "://" in value:
+        password = urlsplit(value).password
+        if password:
+            return text.replace(f":{password}@", ":***@", 1)
+    return text
 
 
 def require(condition: bool, field: str, message: str) -> None:

@@ -255,9 +255,13 @@ class BundleStore:
         self.client.close()
 
 
+def usable_model_name(model: str) -> bool:
+    """Key names embed the model: a ':' or whitespace would make them ambiguous."""
+    return bool(model) and not any(c in model for c in ": \t\n\r")
+
+
 def _check_model_name(model: str) -> None:
-    # Key names embed the model: a ':' or whitespace would make them ambiguous.
-    if not model or any(c in model for c in ": \t\n"):
+    if not usable_model_name(model):
         raise InvalidArgument(
             f"model name {model!r} is not usable in Redis keys: it must be non-empty "
             "without ':' or whitespace"

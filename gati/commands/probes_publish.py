@@ -13,6 +13,7 @@ import sys
 import redis
 
 from gati.commands.redis_options import add_redis_arguments, resolve_redis
+from gati.config import redacted
 from gati.errors import GatiError
 from gati.probes.bundle import Bundle, BundleError
 from gati.store import BundleStore, served_mismatch
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gati probes publish: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
-        print(f"gati probes publish: redis at {args.redis_url}: {exc}", file=sys.stderr)
+        print(f"gati probes publish: redis at {redacted(args.redis_url)}: {exc}", file=sys.stderr)
         return 1
     model = args.model or bundle.model_id
     print(f"published {model} bundle v{version}", file=sys.stderr)

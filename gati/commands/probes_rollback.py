@@ -12,6 +12,7 @@ import sys
 import redis
 
 from gati.commands.redis_options import add_redis_arguments, resolve_redis
+from gati.config import redacted
 from gati.errors import GatiError
 from gati.store import BundleStore
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gati probes rollback: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
-        print(f"gati probes rollback: redis at {args.redis_url}: {exc}", file=sys.stderr)
+        print(f"gati probes rollback: redis at {redacted(args.redis_url)}: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()

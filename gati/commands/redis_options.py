@@ -12,7 +12,7 @@ import os
 import sys
 
 from gati import names
-from gati.config import ConfigError
+from gati.config import ConfigError, redacted
 from gati.local import state as st
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -39,13 +39,13 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_redis(args: argparse.Namespace) -> str:
+def resolve_redis(args: argparse.Namespace) -> None:
     """Fill in args.redis_url (and args.redis_password) when no URL was given: from the run
-    directory's `gati up` state, else DEFAULT_REDIS_URL. Returns where the URL came from,
-    which is also said on stderr when it is a stack's, so the Redis used is never a guess.
+    directory's `gati up` state (said on stderr, so the Redis used is never a guess), else
+    DEFAULT_REDIS_URL.
     A --run-dir that records no stack is a ConfigError (exit 2), not a silent default."""
     if args.redis_url:
-        return "--redis-url"
+        return
     run_dir = st.resolve_run_dir(args.run_dir)
     try:
         state = st.load(run_dir)
@@ -58,11 +58,11 @@ def resolve_redis(args: argparse.Namespace) -> str:
                 "start one or give --redis-url"
             )
         args.redis_url = DEFAULT_REDIS_URL
-        return "default"
+        return
     args.redis_url = state.redis_url
     if args.redis_password is None:  # the stack's own password, never sent to another Redis
         args.redis_password = state.redis_password
     print(
-        f"using the Redis of the `gati up` stack in {run_dir}: {state.redis_url}", file=sys.stderr
+        f"using the Redis of the `gati up` stack in {run_dir}: {redacted(state.redis_url)}",
+        file=sys.stderr,
     )
-    return str(st.state_path(run_dir))

@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_PORT_BASE,
         metavar="BASE",
-        help="port base: inference BASE+1 (metrics +2), cache +11/+12, trainer +21/+22, "
+        help="port base: inference BASE+1 (REST +0, metrics +2), cache +11/+12, trainer +21/+22, "
         "Redis +79, Kafka +92; 0 picks free ports",
     )
     parser.add_argument("--host", default=LOCALHOST, help="address the services bind")

@@ -18,6 +18,8 @@ import string
 import threading
 import time
 
+from gati.store import usable_model_name
+
 MAX_PAIRS = 1024  # GetPlan is unauthenticated: a bound keeps what a client can make us hold
 MAX_NAME = 200
 _HEX = frozenset(string.hexdigits)
@@ -27,8 +29,8 @@ def valid(model: str, fingerprint: str) -> bool:
     """A pair worth recording: a model name usable in Redis keys (as `gati.store` checks
     before a publish) and a hex fingerprint, both of bounded length."""
     return (
-        0 < len(model) <= MAX_NAME
-        and not any(c in model for c in ": \t\n\r")
+        len(model) <= MAX_NAME
+        and usable_model_name(model)
         and 0 < len(fingerprint) <= 128
         and all(c in _HEX for c in fingerprint)
     )
@@ -75,12 +77,6 @@ class ServedModels:
         with self._lock:
             for key in pairs:
                 self._written[key] = now
-
-    def pairs(self) -> list[tuple[str, str]]:
-        """Every pair asked for within `forget_s`, sorted."""
-        with self._lock:
-            self._forget(time.monotonic())
-            return sorted(self._asked)
 
     def _forget(self, now: float) -> None:
         for key in [k for k, t in self._asked.items() if now - t > self.forget_s]:

@@ -46,9 +46,11 @@ class InferenceConfig:
     )
     cpus: str = _f("", "cores the model runs on, e.g. 0 or 0-3 (empty: any)")
     relay_cpus: str = _f("", "cores of the lookup relay (empty: the cores not in --cpus, if any)")
-    workers: int = _f(8, "gRPC worker threads")
+    workers: int = _f(8, "worker threads of each transport (gRPC, and REST when on)")
     max_batch: int = _f(256, "largest batch accepted in one request")
-    max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message sent or received")
+    max_message_bytes: int = _f(
+        64 * 1024 * 1024, "largest gRPC message sent or received, and REST body"
+    )
     drain_seconds: float = _f(10.0, "grace period for in-flight requests on SIGTERM")
     # --- learned caches (cache service) ---
     cache_address: str | None = _f(None, "host:port of the cache service (unset: no caches)")

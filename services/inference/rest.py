@@ -121,10 +121,13 @@ class RestServer:
         """Stop accepting, let in-flight requests finish within `grace` seconds, end."""
         if self.loop.is_closed():
             return
-        self._runner._shutdown_timeout = grace  # aiohttp reads it in cleanup()
-        self._run(self._runner.cleanup(), timeout=grace + 30)
-        self.pool.shutdown(wait=True)
-        self._end_loop()
+        # aiohttp reads it in cleanup(); its constructor is too early to know the grace
+        self._runner._shutdown_timeout = grace
+        try:
+            self._run(self._runner.cleanup(), timeout=grace + 30)
+        finally:  # a cleanup that failed or timed out still frees the pool and the loop
+            self.pool.shutdown(wait=True)
+            self._end_loop()
 
     def _end_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -168,7 +171,7 @@ class RestServer:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        self.plane.model_metadata(name, version)  # NotFound: 404 with the reason
+        self.plane.engine.get(name, version)  # NotFound: 404 with the reason
         return web.json_response({"name": name, "ready": self.plane.model_ready(name, version)})
 
     async def config(self, request: web.Request) -> web.Response:

@@ -42,7 +42,7 @@ def parse_request(body: bytes, header_length: str | None) -> RestRequest:
     header, tail = _split(body, header_length)
     try:
         doc = json.loads(header)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nesting
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidArgument("request body must be a JSON object")

@@ -61,14 +61,21 @@ class InferenceServer:
     def drain(self, grace: float) -> None:
         """Both transports refuse new requests and finish in-flight ones, side by side,
         within `grace` seconds (health NOT_SERVING first, for gRPC and REST alike)."""
+        self.metrics.threads.close()  # the REST loop and the rest end on purpose from here on
         self.handle.set_serving(False)
         rest = None
         if self.rest is not None:
-            rest = threading.Thread(target=self.rest.stop, args=(grace,), name="rest-drain")
+            rest = threading.Thread(target=self._stop_rest, args=(grace,), name="rest-drain")
             rest.start()
         self.handle.stop(grace)
         if rest is not None:
             rest.join()
+
+    def _stop_rest(self, grace: float) -> None:
+        try:
+            self.rest.stop(grace)  # type: ignore[union-attr]
+        except Exception:  # the gRPC drain beside it goes on; the loop is closed regardless
+            log.exception("REST drain failed")
 
     def wait_for_signal(self, grace: float) -> None:
         """Block until SIGTERM or SIGINT, then drain (main thread only)."""

@@ -29,6 +29,9 @@ CHECK = Path(__file__).with_name("stock_clients_check.py")
 IMAGE = {"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 3]}
 
 
+MAX_BODY = 8 << 20  # the served limit: small enough that the oversize test stays cheap
+
+
 @dataclass
 class Served:
     grpc_port: int
@@ -53,7 +56,7 @@ def served(
     argv = gati_argv(
         "serve", "inference", "--port", str(grpc_port), "--http-port", str(http_port),
         "--metrics-port", "-1", "--model", "cifar", "--arch", "resnet20",
-        "--weights", str(resnet20_weights),
+        "--weights", str(resnet20_weights), "--max-message-bytes", str(MAX_BODY),
     )  # fmt: skip
     server = ManagedProcess("inference", argv, tmp / "inference.log").start()
     try:
@@ -323,6 +326,7 @@ ZEROS = [0] * 3072  # one image of JSON data
 ONE = {**IMAGE, "data": ZEROS}
 BAD_JSON_REQUESTS = [  # (body, part of the message); each is a 400
     (b"{not json", "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON"),  # nesting past the parser's recursion limit
     (b"[1, 2]", "must be a JSON object"),
     ({"inputs": "image"}, "'inputs' must be a list"),
     ({"inputs": []}, "expected exactly one input 'image', got []"),
@@ -387,7 +391,7 @@ def test_bad_requests_get_400_or_404_and_the_service_keeps_serving(served: Serve
 
 def test_an_oversized_body_is_refused(served: Served) -> None:
     """Bodies past max_message_bytes (the gRPC limit too) get 413, not a crash."""
-    body = b" " * (64 * 1024 * 1024 + 1)
+    body = b" " * (MAX_BODY + 1)
     status, _, raw = call(f"{served.base}/v2/models/cifar/infer", body)
     assert status == 413 and "Request Entity Too Large" in json.loads(raw)["error"]
     assert get_json(f"{served.base}/v2/health/live")[0] == 200
