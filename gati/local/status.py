@@ -44,6 +44,7 @@ class ProcessStatus:
     address: str
     metrics: str | None  # Prometheus URL
     log: str | None
+    rest: str | None = None  # the inference service's REST (HTTP/JSON) base URL
     # what the metrics say (see `freshness`); empty when not scraped or not a gati service
     freshness: dict[str, Any] = field(default_factory=dict)
     dead_threads: list[str] | None = None  # None: unknown (no metrics endpoint answered)
@@ -152,7 +153,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def _endpoint(s: ProcessStatus) -> str:
     scheme = {"kafka": "kafka://", "redis": "redis://"}.get(s.name, "grpc://")
-    return scheme + s.address
+    return scheme + s.address + (f", {s.rest}" if s.rest else "")
 
 
 def _short_path(path: str) -> str:
@@ -168,6 +169,7 @@ def _status(state: st.StackState, record: st.ProcessRecord, timeout: float) -> P
     metrics = record.ports.get("metrics")
     host = record.address.rpartition(":")[0]
     url = f"http://{host}:{metrics}/metrics" if metrics else None
+    rest = record.ports.get("http")
     samples = scrape(url, timeout) if url and proc_state != "exited" else None
     return ProcessStatus(
         name=record.name,
@@ -177,6 +179,7 @@ def _status(state: st.StackState, record: st.ProcessRecord, timeout: float) -> P
         address=record.address,
         metrics=url,
         log=record.log,
+        rest=f"http://{host}:{rest}" if rest else None,
         freshness=freshness(record.name, samples) if samples is not None else {},
         dead_threads=dead_threads(samples) if samples is not None else None,
     )

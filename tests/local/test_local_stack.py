@@ -222,8 +222,13 @@ def test_up_serves_then_down_leaves_nothing(
         "trainer": "SERVING",
         "inference": "SERVING",
     }
+    rest = {p["name"]: p["rest"] for p in report["processes"]}
+    assert [n for n, url in rest.items() if url] == ["inference"]  # only it speaks REST
+    with urllib.request.urlopen(f"{rest['inference']}/v2/health/ready", timeout=10) as reply:
+        assert reply.status == 200  # the address status gives is the one REST answers on
     table = gati("status", "--run-dir", str(run_dir), cwd=tmp_path, timeout=60)
     assert table.returncode == 0 and "healthy" in table.stdout
+    assert rest["inference"] in table.stdout
 
     # A second stack in the same run directory is refused; the first one is untouched.
     again = gati(
