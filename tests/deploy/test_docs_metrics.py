@@ -9,6 +9,7 @@ a PromQL selector `name{a="x"}`, or a table's labels column) they are the metric
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,39 +83,37 @@ def mentions(text: str) -> list[tuple[str, set[str] | None, bool]]:
     return found
 
 
-def table_rows(text: str) -> list[tuple[str, set[str]]]:
-    """(metric, labels) of every row of a Markdown table whose header has a labels column."""
-    rows, column = [], None
+def table_body(text: str) -> Iterator[tuple[list[str], list[str]]]:
+    """(lower-cased header cells, cells) of every body row of every Markdown table."""
+    header: list[str] | None = None
     for line in text.splitlines():
         if not line.startswith("|"):
-            column = None
+            header = None
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if column is None:
-            lowered = [c.lower() for c in cells]
-            column = lowered.index("labels") if "labels" in lowered else -1
-            continue
-        if column < 0 or set(cells[0]) <= {"-", " ", ":"}:
-            continue
-        labels = {x.strip(" `") for x in cells[column].split(",") if x.strip(" `")}
-        for name in re.findall(r"`(gati_[a-z0-9_]+)`", cells[0]):
-            rows.append((name, labels))
+        if header is None:
+            header = [c.lower() for c in cells]
+        elif not set(cells[0]) <= {"-", " ", ":"}:  # not the separator row
+            yield header, cells
+
+
+def table_rows(text: str) -> list[tuple[str, set[str]]]:
+    """(metric, labels) of every row of a Markdown table whose header has a labels column."""
+    rows = []
+    for header, cells in table_body(text):
+        if "labels" in header:
+            column = cells[header.index("labels")]
+            labels = {x.strip(" `") for x in column.split(",") if x.strip(" `")}
+            rows += [(name, labels) for name in re.findall(r"`(gati_[a-z0-9_]+)`", cells[0])]
     return rows
 
 
 def bare_in_tables(text: str) -> list[str]:
     """Metric names written without labels in the first column of a table that has no
     labels column (there the labels must be written beside the name)."""
-    found, column = [], None
-    for line in text.splitlines():
-        if not line.startswith("|"):
-            column = None
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if column is None:
-            column = "labels" in [c.lower() for c in cells]
-            continue
-        if not column:
+    found = []
+    for header, cells in table_body(text):
+        if "labels" not in header:
             found += re.findall(r"`(gati_[a-z0-9_]+)`", cells[0])
     return found
 
