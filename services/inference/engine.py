@@ -79,6 +79,7 @@ class InferResult:
     exit_layer: str  # first hit's layer name, "" when no row hit
     bundle_version: int
     exact_hits: int
+    exits: dict[str, int]  # layer -> rows a learned cache answered there
 
 
 @dataclass
@@ -195,6 +196,7 @@ class Engine:
             state.first_exit,
             plan.version if plan else 0,
             exact_hits,
+            state.exits,
         )
 
     def _forward(self, st: _Pass, x: np.ndarray, row_ids: np.ndarray) -> None:

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gati.errors import NotFound
 from services.inference.engine import FULL, InferResult, ServedModel
 
@@ -55,7 +53,6 @@ class ModelStatistics:
     def __init__(self, served: ServedModel) -> None:
         self.name = served.name
         self.version = served.version
-        self._cuts = served.model.cut_names
         self._lock = threading.Lock()
         self._last_ms = 0
         self._rows = 0
@@ -97,11 +94,8 @@ class ModelStatistics:
 
     def _exit_counts(self, result: InferResult) -> dict[str, int]:
         rows = len(result.labels)
-        hits = int(result.hit.sum())
-        counts = {}
-        if hits:
-            layers, n = np.unique(result.exit_index[result.hit], return_counts=True)
-            counts = {self._cuts[int(i)]: int(c) for i, c in zip(layers, n, strict=True)}
+        counts = dict(result.exits)  # the engine counted them as rows exited
+        hits = sum(counts.values())
         if result.exact_hits:
             counts[EXACT] = result.exact_hits
         if rows - hits - result.exact_hits:

@@ -63,6 +63,10 @@ def _fingerprint(inference: InferenceServer) -> str:
     return inference.engine.models[MODEL].model.fingerprint()
 
 
+def _stat_exits(inference: InferenceServer) -> dict[str, int]:
+    return inference.plane.model_statistics(MODEL)["model_stats"][0]["gati.exits"]
+
+
 def _wait_version(stub, image: np.ndarray, version: int, timeout: float = 10) -> float:
     """Send fresh images (never exact-cache hits) until answers carry bundle `version`."""
     rng = np.random.default_rng()
@@ -89,12 +93,17 @@ def test_rows_exit_independently_with_the_probes_answer(stack, images, resnet20_
     _, probe_labels, _ = runtime.lookup("layer1.1", x, [runtime.new_state() for _ in x])
     with inference_stub(inference.port) as stub:
         _wait_version(stub, images[0], version)
+        exits_before = _stat_exits(inference)
+        served_exits: dict[str, int] = {}
         seen_hit = False
         for _ in range(20):  # replies race the model; a hit shows within a few tries
             reply = stub.ModelInfer(infer_request(MODEL, images, outputs=EXITS))
             hit = output(reply, names.OUTPUT_HIT)
             exit_index = output(reply, names.OUTPUT_EXIT_LAYER)
             labels = output(reply, names.OUTPUT_LABEL)
+            for i in exit_index[hit]:
+                layer = model.cut_names[int(i)]
+                served_exits[layer] = served_exits.get(layer, 0) + 1
             assert reply.parameters[names.PARAM_BUNDLE_VERSION].int64_param == version
             # a hit row carries its probe's answer and exit; the others the base model's
             cut = {name: i for i, name in enumerate(model.cut_names)}
@@ -107,6 +116,9 @@ def test_rows_exit_independently_with_the_probes_answer(stack, images, resnet20_
                 seen_hit = True
                 break
         assert seen_hit, "no request saw every row exit"
+        exits_after = _stat_exits(inference)  # ModelStatistics' exits: the rows that exited
+        for layer, rows in served_exits.items():
+            assert exits_after.get(layer, 0) - exits_before.get(layer, 0) == rows, layer
         off = stub.ModelInfer(infer_request(MODEL, images, caches=False, outputs=EXITS))
         assert not output(off, names.OUTPUT_HIT).any()
         np.testing.assert_array_equal(output(off, names.OUTPUT_LABEL), base)
