@@ -6,7 +6,7 @@ it is known (every miss; a sampled share of hits through shadow completion). The
 reads them back. This module is the one place that knows the wire form, so both sides agree.
 
 Activations travel as float16 `[C, G, G]` (a `poolG` reduction, channel-major, exactly what
-`gati.probes.reductions.reduce` gives flattened), so a record says its own grid and channel
+`gati.probes.serving.reductions.reduce` gives flattened), so a record says its own grid and channel
 count. float16 halves the bytes and loses nothing a probe can see (3 significant digits
 against activations that are noisy anyway); values beyond float16's range are clipped rather
 than turned into inf. An encoded record must stay under `MAX_RECORD_BYTES` (Apache Kafka's
@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from gati.api import cache_pb2, records_pb2
 from gati.names import MAX_RECORD_BYTES
-from gati.probes.reductions import REDUCTIONS
+from gati.probes.serving.reductions import REDUCTIONS
 
 WIRE_DTYPE = np.dtype("<f2")  # float16, little-endian
 F16_MAX = float(np.finfo(np.float16).max)

@@ -31,7 +31,7 @@ import redis
 
 from gati import names
 from gati.errors import InvalidArgument, NotFound
-from gati.probes.bundle import Bundle, BundleError
+from gati.probes.serving.bundle import Bundle, BundleError
 
 # Allocate the next version: INCR, but never at or below a version already published (the
 # counter may have been lost while the versions survived, e.g. a partial restore).
@@ -141,10 +141,10 @@ class BundleStore:
 
         The stored bytes carry the assigned version in their manifest (checksum resealed), so
         a reader can check that the key and the bytes agree. A bundle the cache service would
-        refuse as unfit (`gati.probes.fitness`) is refused here first, with the same message,
+        refuse as unfit (`serving.fitness`) is refused here first, with the same message,
         and nothing is written.
         """
-        from gati.probes.fitness import fit_to_serve  # builds the runtime: numpy, models
+        from gati.probes.serving.fitness import fit_to_serve  # builds the runtime: numpy, models
 
         model = model or bundle.model_id
         _check_model_name(model)

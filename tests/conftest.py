@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gati.local.ports import free_port
-from gati.local.processes import ManagedProcess, start_redis, start_tansu
+from launch.ports import free_port
+from launch.processes import ManagedProcess, start_redis, start_tansu
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from gati.local import state as st
-from gati.local import status
+from cli.local import state as st
+from cli.local import status
 
 DEADLINE_S = 60.0  # generous: CI runs on two busy cores
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import gati
+from cli.main import COMMANDS, HelpFormatter, _build_parser, _chosen, main
 from gati import config as cfg
-from gati.cli import COMMANDS, HelpFormatter, _build_parser, _chosen, main
 from services.cache.config import CacheConfig
 from services.inference.config import InferenceConfig
 from services.trainer.config import TrainerConfig
@@ -275,7 +275,7 @@ def test_log_level_defaults_and_is_checked(capsys) -> None:
 
 def test_log_level_after_the_command_end_to_end(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gati.cli", "status", "--run-dir", "none", "--log-level", "DEBUG",
+        [sys.executable, "-m", "cli.main", "status", "--run-dir", "none", "--log-level", "DEBUG",
          "--json"],
         cwd=tmp_path,
         capture_output=True,

@@ -1,9 +1,8 @@
-"""Learned caches ("probes"): predictors on hidden layers, selectors, calibration, bundles.
+"""Learned caches ("probes"), in two parts that import one way: fitting -> serving.
 
-Public entry points (imported lazily by callers that need them):
-- `gati.probes.bundle`: `Bundle`, `BundleError` (the versioned artifact on the wire)
-- `gati.probes.runtime`: `ProbeRuntime`, `RowState` (lookups in the cache service)
-- `gati.probes.fit`: `fit_bundle` (training, calibration, optimisation)
-- `gati.probes.fit_config`: `FitConfig`, `CostConfig` (a fit's settings, shared with the trainer)
-- `gati.probes.evaluate`: `evaluate_bundle` (hit rate, agreement, expected speedup)
+- `gati.probes.serving`: what the cache service runs: the bundle format (`bundle.Bundle`),
+  predictor variants, features, selectors, the live memory rule, `runtime.ProbeRuntime`.
+- `gati.probes.fitting`: what `gati probes fit` and the trainer run: collect activations,
+  train and calibrate candidates, choose the plan, package a bundle (`fit.fit_bundle`,
+  `fit_config.FitConfig`, `evaluate.evaluate_bundle`).
 """

@@ -13,7 +13,7 @@ import numpy as np
 
 from gati import names
 from gati.api import cache_pb2
-from gati.probes.runtime import ProbeRuntime
+from gati.probes.serving.runtime import ProbeRuntime
 from services.cache.lookups import Lookup, LookupRejected, Summary
 
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gati.probes.live import LiveMemory, LiveRule
+from gati.probes.serving.live import LiveMemory, LiveRule
 from services.cache.metrics import CacheMetrics
 
 PENDING_TTL_S = 30.0  # a label follows its request's last lookup by milliseconds

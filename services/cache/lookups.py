@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gati.errors import InvalidArgument, NotFound
-from gati.probes.live import LiveRule
-from gati.probes.runtime import ProbeRuntime
+from gati.probes.serving.live import LiveRule
+from gati.probes.serving.runtime import ProbeRuntime
 from services.cache.live import LiveStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore

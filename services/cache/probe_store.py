@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from gati.probes.runtime import ProbeRuntime
+from gati.probes.serving.runtime import ProbeRuntime
 from services.cache.metrics import CacheMetrics
 
 

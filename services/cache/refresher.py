@@ -1,7 +1,8 @@
 """Keep the probes in use in step with Redis, the source of truth for bundles.
 
 A sync reads each model's pointer (one GET) and, when it names a version other than the one in
-use, fetches the bytes, verifies them (format, checksum, version, fitness: gati.probes.fitness,
+use, fetches the bytes, verifies them (format, checksum, version, fitness:
+serving.fitness,
 probes build) and swaps the new runtime in. Syncs run in one thread, on:
 - start (`sync_once`, before the service says SERVING),
 - a pub/sub announcement (a second thread listens; it also wakes a sync each time it
@@ -33,9 +34,9 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from gati.probes.bundle import Bundle, BundleError
-from gati.probes.fitness import FitnessError, fit_to_serve
-from gati.probes.runtime import ProbeRuntime
+from gati.probes.serving.bundle import Bundle, BundleError
+from gati.probes.serving.fitness import FitnessError, fit_to_serve
+from gati.probes.serving.runtime import ProbeRuntime
 from gati.store import SERVED_TTL_S, Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore

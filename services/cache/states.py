@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from gati.probes.runtime import RowState
+from gati.probes.serving.runtime import RowState
 
 StateKey = tuple[str, str, int]  # (model, request_id, batch row)
 

@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.models import StagedModel
-from gati.probes.reductions import REDUCTIONS, grid, reduce
+from gati.probes.serving.reductions import REDUCTIONS, grid, reduce
 from services.common.backoff import Backoff
 from services.inference.handoff import (
     CONNECTED,

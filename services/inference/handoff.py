@@ -230,7 +230,7 @@ class Handoff:
 
     def activation(self, frame: Frame) -> np.ndarray:
         """The frame's activation as float32 [rows, C*g*g], channel-major like
-        `gati.probes.reductions.reduce` (a new array: the slot is reused)."""
+        `gati.probes.serving.reductions.reduce` (a new array: the slot is reused)."""
         n, g, c, h, w = frame.rows, frame.grid, frame.channels, frame.height, frame.width
         raw = self.arena[frame.seq % self.arena_slots, : frame.nbytes // 4]
         if g == 0:

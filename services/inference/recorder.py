@@ -35,7 +35,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 
 from gati import records
-from gati.probes.reductions import grid, reduce
+from gati.probes.serving.reductions import grid, reduce
 from services.common import cpus
 from services.common.kafka import (
     BOOTSTRAP_TIMEOUT_MS,

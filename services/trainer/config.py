@@ -1,6 +1,6 @@
 """Settings of `gati serve trainer` (flags, GATI_* environment, or a --config file).
 
-The fit and cost-model settings are inherited from gati.probes.fit_config, the classes
+The fit and cost-model settings are inherited from gati.probes.fitting.fit_config, the classes
 `gati probes fit` makes its flags from: the same name, default and check on both sides.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 
 from gati import names
 from gati.config import require
-from gati.probes.fit_config import CostConfig, FitConfig
+from gati.probes.fitting.fit_config import CostConfig, FitConfig
 
 
 def _f(default, help_text: str):
@@ -84,7 +84,7 @@ class TrainerConfig(FitConfig, CostConfig):
         require(self.session_timeout_ms >= 1000, "session_timeout_ms", "must be at least 1000")
 
     def fit_config(self) -> FitConfig:
-        """The fit settings alone, as `gati.probes.fit.fit_bundle` takes them."""
+        """The fit settings alone, as `gati.probes.fitting.fit.fit_bundle` takes them."""
         return FitConfig(**{f.name: getattr(self, f.name) for f in fields(FitConfig)})
 
     def cost_config(self) -> CostConfig:

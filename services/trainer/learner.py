@@ -1,11 +1,11 @@
 """One retraining round: window -> candidate bundle -> held-out comparison -> publish or not.
 
 The newest `holdout_fraction` of the window is held out; the candidate is fitted on the rest
-(`gati.probes.fit.fit_bundle`: distillation warm-started from the last fit, selectors with a
+(`gati.probes.fitting.fit.fit_bundle`: distillation warm-started from the last fit, selectors with a
 novelty memory refreshed from these records, thresholds calibrated to the agreement target,
 the optimizer run on stage latencies measured just now). Then the candidate and the bundle
 currently in Redis serve the held-out records through the real lookup code
-(`gati.probes.evaluate.evaluate_bundle`) and `decide` says whether the candidate goes out.
+(`gati.probes.fitting.evaluate.evaluate_bundle`) and `decide` says whether the candidate goes out.
 
 Held-out records come *after* everything the candidate saw, so they stand for the traffic it
 will serve next; the bundle that is published is exactly the one that was evaluated.
@@ -33,13 +33,13 @@ import numpy as np
 
 from gati import records as rec_mod
 from gati.models import StagedModel
-from gati.probes.bundle import Bundle
-from gati.probes.costs import CostModel, measure_stage_ms
-from gati.probes.evaluate import evaluate_bundle
-from gati.probes.fit import fit_bundle
-from gati.probes.fit_config import CostConfig, FitConfig
+from gati.probes.fitting.costs import CostModel, measure_stage_ms
+from gati.probes.fitting.evaluate import evaluate_bundle
+from gati.probes.fitting.fit import fit_bundle
+from gati.probes.fitting.fit_config import CostConfig, FitConfig
+from gati.probes.fitting.groups import neighbourhood_groups
+from gati.probes.serving.bundle import Bundle
 from gati.records import Record
-from services.trainer.groups import neighbourhood_groups
 
 log = logging.getLogger(__name__)
 

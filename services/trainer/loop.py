@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 from gati import records
-from gati.probes.bundle import Bundle
+from gati.probes.serving.bundle import Bundle
 from services.trainer.consumer import RecordSource
 from services.trainer.learner import Learner, RoundResult
 from services.trainer.metrics import TrainerMetrics

@@ -13,7 +13,7 @@ Outcomes (values of `gati_trainer_records_consumed{outcome}`):
 - `bad_scores`: `base_scores` not one score per class;
 - `bad_layer`: an activation at a name that is not a cut of the model;
 - `bad_shape`: an activation that is not `[C, G, G]` with C the cut's channels and G a grid
-  of `gati.probes.reductions` (the height and width on the wire are the reduction's grid,
+  of `gati.probes.serving.reductions` (the height and width on the wire are the reduction's grid,
   not the cut's map: the recorder pools the map first);
 - `nonfinite`: NaN or infinity in an activation or in the base scores (`decode` refuses these
   on the wire already; this check also covers records built in process).

@@ -14,7 +14,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from gati.probes.bundle import Bundle, BundleError
+from gati.probes.serving.bundle import Bundle, BundleError
 from gati.store import BundleStore
 from services.trainer.metrics import TrainerMetrics
 

@@ -1,12 +1,12 @@
-"""The report's figures (gati.bench.analysis) on hand-made arrays: exact values."""
+"""The report's figures (bench.analysis) on hand-made arrays: exact values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gati.bench import analysis
-from gati.bench.analysis import Requests
+from bench import analysis
+from bench.analysis import Requests
 
 
 def _req(latency_ms, labels, hit=None, exact=None, layers=None, sent_s=None) -> Requests:

@@ -12,10 +12,10 @@ import numpy as np
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.probes.bundle import Bundle
-from gati.probes.entries import tensor_spec
-from gati.probes.live import LiveRule
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.entries import tensor_spec
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.bundle import Bundle
+from gati.probes.serving.live import LiveRule
 from gati.store import Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.probes.bundle import Bundle
-from gati.probes.costs import CostModel
-from gati.probes.fit import FitConfig, fit_bundle
-from gati.probes.fitness import FitnessError, bundle_problems, fit_to_serve
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.costs import CostModel
+from gati.probes.fitting.fit import FitConfig, fit_bundle
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.bundle import Bundle
+from gati.probes.serving.fitness import FitnessError, bundle_problems, fit_to_serve
 from gati.store import BundleStore
 from services.cache.refresher import load_runtime, refusal_reason
 from tests.cache.helpers import (

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.config import ConfigError
-from gati.local.ports import free_port
-from gati.local.processes import start_redis
 from gati.store import BundleStore
+from launch.ports import free_port
+from launch.processes import start_redis
 from services.cache.config import CacheConfig
 from services.cache.refresher import BundleRefresher, stale_reasons
 from services.common.grpc_server import GrpcServer, build_server

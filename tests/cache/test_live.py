@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.probes.live import LiveRule
+from gati.probes.serving.live import LiveRule
 from gati.store import BundleStore
 from services.cache.live import LiveStore
 from services.cache.metrics import CacheMetrics

@@ -10,9 +10,9 @@ import grpc
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.local.ports import free_port
-from gati.local.processes import ManagedProcess, gati_argv, wait_for_health
 from gati.store import BundleStore
+from launch.ports import free_port
+from launch.processes import ManagedProcess, gati_argv, wait_for_health
 from tests.cache.helpers import FINGERPRINT, MODEL, make_bundle, wait_until
 
 

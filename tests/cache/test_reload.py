@@ -13,9 +13,9 @@ import pytest
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.local.ports import free_port
-from gati.local.processes import start_redis
 from gati.store import Announcement, BundleStore
+from launch.ports import free_port
+from launch.processes import start_redis
 from services.cache.server import CacheServer
 from tests.cache.helpers import (
     MODEL,

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cli.main import main as gati_main
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.cli import main as gati_main
 from gati.store import SERVED_KEY, BundleStore, served_mismatch
 from services.cache.served import ServedModels
 from tests.cache.helpers import FINGERPRINT, MODEL, make_bundle, wait_until

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
-from gati.probes.runtime import ProbeRuntime
+from gati.probes.serving.runtime import ProbeRuntime
 from gati.store import BundleStore
 from tests.cache.helpers import (
     DIMS,

@@ -8,10 +8,10 @@ import time
 import pytest
 import redis
 
+from cli.main import main as gati_main
 from gati import names
-from gati.cli import main as gati_main
 from gati.errors import InvalidArgument
-from gati.probes.bundle import Bundle
+from gati.probes.serving.bundle import Bundle
 from gati.store import Announcement, BundleStore, StoreError
 from tests.cache.helpers import MODEL, make_bundle
 

@@ -18,8 +18,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from cli.main import COMMANDS
 from gati import names
-from gati.cli import COMMANDS
 from services.inference.config import InferenceConfig
 from tests.deploy import k8s_checks as k8s
 from tests.deploy import kustomize_lite as kl

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.stack import Stack, local_stack
 from gati import names
-from gati.bench.stack import Stack, local_stack
 from tests.deploy import k8s_checks as k8s
 
 README = (k8s.REPO / "README.md").read_text()

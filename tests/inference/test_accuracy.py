@@ -46,7 +46,7 @@ def test_bench_accuracy_smoke(tmp_path: Path, assets: Path, resnet20_weights: Pa
         [
             sys.executable,
             "-m",
-            "gati.cli",
+            "cli.main",
             "bench",
             "accuracy",
             "--arch",

@@ -17,7 +17,7 @@ import torch
 
 from gati import names
 from gati.models import StagedModel, load_model
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
 from services.inference.config import InferenceConfig
 from services.inference.engine import RecordJob, RowRecord, ServedModel
 from services.inference.metrics import InferenceMetrics

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.local import state as st
+from cli.local import status
 from gati import names
-from gati.local import state as st
-from gati.local import status
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
 from gati.store import BundleStore
 from services.inference.server import InferenceServer
 from tests.cache.helpers import make_bundle, wait_until

@@ -20,9 +20,9 @@ import torch
 
 from gati import names
 from gati.api import grpc_service_pb2 as pb
-from gati.local.ports import free_port
-from gati.local.processes import ManagedProcess, gati_argv, wait_for_health
 from gati.models import load_model
+from launch.ports import free_port
+from launch.processes import ManagedProcess, gati_argv, wait_for_health
 from tests.inference.helpers import infer_request, inference_stub, output
 
 CHECK = Path(__file__).with_name("stock_clients_check.py")

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from gati import names
-from gati.local.ports import free_port
-from gati.local.processes import ManagedProcess, gati_argv, wait_for_health
 from gati.models import load_model
+from launch.ports import free_port
+from launch.processes import ManagedProcess, gati_argv, wait_for_health
 
 CHECK = Path(__file__).with_name("triton_client_check.py")
 

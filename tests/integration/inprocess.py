@@ -1,7 +1,7 @@
 """Cache service + inference service in this process, over real gRPC and a real Redis.
 
 For tests that read the services' own metrics registries; tests of separate processes use
-`gati.bench.stack.local_stack`.
+`bench.stack.local_stack`.
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from bench.stack import local_stack, request, wait_for_bundle
 from gati import names
-from gati.bench.stack import local_stack, request, wait_for_bundle
 from gati.data import load_npz
-from gati.local.processes import wait_for_health
 from gati.models import load_model
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
 from gati.store import BundleStore
+from launch.processes import wait_for_health
 
 MODEL = "cifar"
 

@@ -18,9 +18,9 @@ import torch
 from gati import names
 from gati.data import load_npz
 from gati.models import load_model
-from gati.probes.reductions import reduce
-from gati.probes.runtime import ProbeRuntime
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.reductions import reduce
+from gati.probes.serving.runtime import ProbeRuntime
 from gati.store import BundleStore
 from services.cache.config import CacheConfig
 from services.cache.server import CacheServer

@@ -17,7 +17,7 @@ import torch
 from gati import names
 from gati.data import load_npz
 from gati.models import load_model
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
 from tests.inference.helpers import infer_request, inference_stub, output
 from tests.integration.inprocess import MODEL, in_process_stack
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.stack import Stack, local_stack, request
 from gati import names
 from gati.api import grpc_service_pb2_grpc as pb_grpc
-from gati.bench.stack import Stack, local_stack, request
 from gati.data import load_npz
-from gati.local.processes import wait_for_health, wait_for_port
 from gati.models import load_model
 from gati.workloads import make_stream
+from launch.processes import wait_for_health, wait_for_port
 
 MODEL = "cifar"
 TARGET = 0.99

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gati.local import state as st
+from cli.local import state as st
 
-DEMO = (sys.executable, "-m", "gati.cli", "demo", "--arch", "resnet20", "--requests", "240")
+DEMO = (sys.executable, "-m", "cli.main", "demo", "--arch", "resnet20", "--requests", "240")
 DEMO_BASELINE = ("--reference-every", "12")
 
 

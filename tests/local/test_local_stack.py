@@ -27,9 +27,9 @@ import psutil
 import pytest
 import redis
 
+from cli.local import state as st
 from gati import names
 from gati.api import grpc_service_pb2, grpc_service_pb2_grpc
-from gati.local import state as st
 
 MODEL = "resnet20"
 UP_TIMEOUT = 300  # three torch processes loading at once on two shared cores
@@ -37,7 +37,7 @@ UP_TIMEOUT = 300  # three torch processes loading at once on two shared cores
 
 def gati(*args: str, cwd: Path, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gati.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -294,7 +294,7 @@ def test_interrupted_up_leaves_nothing(
 ) -> None:
     """SIGTERM: `gati up` stops what it started. SIGKILL: its state lets `gati down` do it."""
     argv = [
-        sys.executable, "-m", "gati.cli", "up", "--run-dir", str(run_dir), "--ports", "0",
+        sys.executable, "-m", "cli.main", "up", "--run-dir", str(run_dir), "--ports", "0",
         "--no-cache", "--no-trainer", "--arch", "resnet20", "--weights", str(resnet20_weights),
     ]  # fmt: skip
     up = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -21,13 +21,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gati.local import down, ports, status, up
-from gati.local import state as st
+from cli.local import down, status, up
+from cli.local import state as st
+from launch import ports
 
 
 def gati(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gati.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

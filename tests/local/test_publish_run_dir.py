@@ -2,7 +2,7 @@
 (and its generated password) in the run directory (issue: no silent misconfiguration): that
 Redis listens on a port `gati up` picked, so the default URL would reach another Redis or none.
 
-The stack is a state.json written by `gati.local.state` exactly as `gati up` writes it, around
+The stack is a state.json written by `cli.local.state` exactly as `gati up` writes it, around
 a real password-protected redis-server.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from cli.local import state as st
+from cli.main import main as gati_main
 from gati import names
-from gati.cli import main as gati_main
-from gati.local import state as st
-from gati.local.ports import free_port
-from gati.local.processes import start_redis
 from gati.store import BundleStore
+from launch.ports import free_port
+from launch.processes import start_redis
 from tests.cache.helpers import MODEL, make_bundle
 
 PASSWORD = "s3cret-generated-by-gati-up"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.local import state as st
 from gati import names
-from gati.local import state as st
 from gati.store import BundleStore
 from services.cache.config import CacheConfig
 from services.cache.server import CacheServer, build
@@ -37,7 +37,7 @@ def cache(redis_url: str) -> Iterator[CacheServer]:
 
 def gati_status(run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gati.cli", "status", "--run-dir", str(run_dir), *flags],
+        [sys.executable, "-m", "cli.main", "status", "--run-dir", str(run_dir), *flags],
         capture_output=True,
         text=True,
         timeout=120,

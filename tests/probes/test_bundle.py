@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import safetensors.numpy as stnp
 
-from gati.probes.bundle import MAGIC, Bundle, BundleError
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.bundle import MAGIC, Bundle, BundleError
 
 LAYERS = {"layer1.0": ("linear", 16), "layer2.1": ("mlp", 32), "layer3.2": ("conv", 64)}
 FP = "ab" * 16

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from gati.probes.calibration import (
+from gati.probes.fitting.calibration import (
     binomial_p_values,
     calibrate_cascade,
     cascade_errors,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gati.cli import main
-from gati.probes.bundle import Bundle
+from cli.main import main
+from gati.probes.serving.bundle import Bundle
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = Path(os.environ.get("GATI_ASSETS", REPO.parent / "shared" / "assets"))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gati.probes.bundle import Bundle
-from gati.probes.costs import CostModel
-from gati.probes.evaluate import evaluate_bundle
-from gati.probes.fit import FitConfig, fit_bundle
-from gati.probes.runtime import ProbeRuntime
+from gati.probes.fitting.costs import CostModel
+from gati.probes.fitting.evaluate import evaluate_bundle
+from gati.probes.fitting.fit import FitConfig, fit_bundle
+from gati.probes.serving.bundle import Bundle
+from gati.probes.serving.runtime import ProbeRuntime
 
 K, C = 10, 4
 CUTS = ("l0", "l1", "l2")

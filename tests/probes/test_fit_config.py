@@ -8,11 +8,11 @@ import dataclasses
 
 import pytest
 
+from cli import probes_eval, probes_fit, probes_publish, probes_rollback
 from gati import config
-from gati.commands import probes_eval, probes_fit, probes_publish, probes_rollback
 from gati.config import ConfigError
-from gati.probes import fit_config
-from gati.probes.fit_config import CostConfig, FitConfig, TrainConfig
+from gati.probes.fitting import fit_config
+from gati.probes.fitting.fit_config import CostConfig, FitConfig, TrainConfig
 from services.trainer.config import TrainerConfig
 
 REQUIRED = ["--arch", "a", "--weights", "w", "--data", "d", "--bundle", "b"]
@@ -25,10 +25,10 @@ def fit_parser() -> argparse.ArgumentParser:
 
 
 def test_the_names_match_what_the_library_builds() -> None:
-    from gati.probes.costs import DEFAULT_RTT_MS, MODES
-    from gati.probes.reductions import REDUCTIONS
-    from gati.probes.selectors import FIT_SELECTORS
-    from gati.probes.variants import VARIANTS
+    from gati.probes.fitting.costs import DEFAULT_RTT_MS, MODES
+    from gati.probes.serving.reductions import REDUCTIONS
+    from gati.probes.serving.selectors import FIT_SELECTORS
+    from gati.probes.serving.variants import VARIANTS
 
     assert tuple(VARIANTS) == fit_config.VARIANT_NAMES
     assert tuple(REDUCTIONS) == fit_config.REDUCTION_NAMES

@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gati.commands.probes_fit import add_arguments, config_from_args
-from gati.probes.bundle import Bundle, BundleError
-from gati.probes.costs import CostModel
-from gati.probes.entries import active_prefix, layer_entry
-from gati.probes.fit import FitConfig, fit_bundle
-from gati.probes.fitness import FitnessError, fit_to_serve
-from gati.probes.live import NO_LABEL, LiveMemory, LiveRule, neighbours, standardisation
-from gati.probes.live_calibration import MIN_SUPPORT, calibrate_layer, replay
-from gati.probes.runtime import ProbeRuntime
-from gati.probes.synthetic import random_roles
+from cli.probes_fit import add_arguments, config_from_args
+from gati.probes.fitting.costs import CostModel
+from gati.probes.fitting.entries import active_prefix, layer_entry
+from gati.probes.fitting.fit import FitConfig, fit_bundle
+from gati.probes.fitting.live_calibration import MIN_SUPPORT, calibrate_layer, replay
+from gati.probes.fitting.synthetic import random_roles
+from gati.probes.serving.bundle import Bundle, BundleError
+from gati.probes.serving.fitness import FitnessError, fit_to_serve
+from gati.probes.serving.live import NO_LABEL, LiveMemory, LiveRule, neighbours, standardisation
+from gati.probes.serving.runtime import ProbeRuntime
 
 C, K = 16, 10  # keys: 16 channels at pool1
 PROTOS = np.random.default_rng(7).normal(size=(3 * K, C))  # three prototypes per class

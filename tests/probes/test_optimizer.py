@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gati.probes.optimizer import Candidate, choose_plan, plan_cost
+from gati.probes.fitting.optimizer import Candidate, choose_plan, plan_cost
 
 FULL = 10.0  # ms, ten stages of 1 ms
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gati.probes.bundle import Bundle, BundleError
-from gati.probes.runtime import ProbeRuntime
-from gati.probes.synthetic import random_bundle, random_roles
-from gati.probes.variants import Predictor, import_probe, stacked_module
+from gati.probes.fitting.synthetic import random_bundle, random_roles
+from gati.probes.serving.bundle import Bundle, BundleError
+from gati.probes.serving.runtime import ProbeRuntime
+from gati.probes.serving.variants import Predictor, import_probe, stacked_module
 
 LAYERS = {"layer1.0": ("linear", 16), "layer2.1": ("mlp", 32), "layer3.2": ("conv", 64)}
 

@@ -12,10 +12,10 @@ import torch
 from kafka import KafkaAdminClient, KafkaConsumer
 
 from gati import records
-from gati.local.ports import free_port
-from gati.local.processes import start_tansu
 from gati.models import StagedModel, load_model
-from gati.probes.reductions import reduce
+from gati.probes.serving.reductions import reduce
+from launch.ports import free_port
+from launch.processes import start_tansu
 from services.common.kafka import TopicMissing, ensure_topic
 from services.inference.config import InferenceConfig
 from services.inference.engine import Engine, RecordJob, RowRecord, ServedModel

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gati.bench.stack import local_stack
+from bench.stack import local_stack
 from gati.data import load_npz
 from gati.models import load_model
 from tests.reliability.figures import Figures

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from bench.stack import request
 from gati import names
 from gati.api import grpc_service_pb2_grpc as pb_grpc
-from gati.bench.stack import request
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),

@@ -16,7 +16,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from gati.local.processes import ManagedProcess
+from launch.processes import ManagedProcess
 
 _PORTS = re.compile(r"on port (\d+) \(metrics (\d+)\)")
 

@@ -29,15 +29,15 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from bench.stack import Stack, request, wait_for_bundle
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.api import grpc_service_pb2 as pb
 from gati.api import grpc_service_pb2_grpc as pb_grpc
-from gati.bench.stack import Stack, request, wait_for_bundle
-from gati.local.processes import ManagedProcess, wait_for_health, wait_for_port
-from gati.probes.reductions import grid
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.reductions import grid
 from gati.store import BundleStore
+from launch.processes import ManagedProcess, wait_for_health, wait_for_port
 from tests.reliability.figures import Figures
 from tests.reliability.load import CHANNEL_OPTIONS, Load
 from tests.reliability.observe import Samples, rss, scrape, serving

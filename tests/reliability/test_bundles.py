@@ -23,8 +23,8 @@ import torch
 from safetensors.numpy import save
 
 from gati import names
-from gati.probes.bundle import MAGIC, Bundle, BundleError, compute_checksum
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.bundle import MAGIC, Bundle, BundleError, compute_checksum
 from gati.store import Announcement
 from tests.reliability.load import wait_until
 from tests.reliability.rig import LAYERS, MODEL, Rig

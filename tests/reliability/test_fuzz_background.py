@@ -46,8 +46,8 @@ from safetensors.numpy import save
 
 from gati import names, records
 from gati.api import cache_pb2, cache_pb2_grpc, records_pb2
-from gati.probes.bundle import MAGIC, Bundle, compute_checksum
-from gati.probes.synthetic import random_bundle
+from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.serving.bundle import MAGIC, Bundle, compute_checksum
 from gati.store import Announcement
 from services.cache.refresher import load_runtime
 from tests.reliability.figures import Figures

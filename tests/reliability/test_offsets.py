@@ -22,8 +22,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from gati import names, records
-from gati.local.ports import free_port
-from gati.local.processes import (
+from launch.ports import free_port
+from launch.processes import (
     ManagedProcess,
     gati_argv,
     start_redis,

@@ -10,8 +10,8 @@ import numpy as np
 from kafka import KafkaAdminClient, KafkaProducer
 
 from gati import records
-from gati.local.ports import free_port
-from gati.local.processes import start_tansu
+from launch.ports import free_port
+from launch.processes import start_tansu
 from services.common.kafka import ensure_topic
 from services.trainer.consumer import RecordSource
 

@@ -20,11 +20,12 @@ import torch
 
 from gati import records
 from gati.models import StagedModel, load_model
-from gati.probes.bundle import Bundle
-from gati.probes.collect import collect
-from gati.probes.costs import CostModel, measure_stage_ms
-from gati.probes.evaluate import evaluate_bundle
-from gati.probes.fit import fit_bundle
+from gati.probes.fitting.collect import collect
+from gati.probes.fitting.costs import CostModel, measure_stage_ms
+from gati.probes.fitting.evaluate import evaluate_bundle
+from gati.probes.fitting.fit import fit_bundle
+from gati.probes.fitting.groups import neighbourhood_groups
+from gati.probes.serving.bundle import Bundle
 from gati.store import BundleStore
 from gati.workloads import make_stream
 from services.inference.config import InferenceConfig
@@ -32,7 +33,6 @@ from services.inference.engine import Engine, ServedModel
 from services.inference.metrics import InferenceMetrics
 from services.inference.recorder import Recorder
 from services.trainer.config import TrainerConfig
-from services.trainer.groups import neighbourhood_groups
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.server import build_loop
 

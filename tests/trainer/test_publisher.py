@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gati.local.ports import free_port
-from gati.local.processes import start_redis
-from gati.probes.bundle import Bundle
-from gati.probes.entries import active_prefix, candidate_prefix, layer_entry
-from gati.probes.synthetic import random_bundle, random_roles
+from gati.probes.fitting.entries import active_prefix, candidate_prefix, layer_entry
+from gati.probes.fitting.synthetic import random_bundle, random_roles
+from gati.probes.serving.bundle import Bundle
 from gati.store import BundleStore
+from launch.ports import free_port
+from launch.processes import start_redis
 from services.trainer.learner import strip_candidates
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.publisher import Publisher

@@ -11,8 +11,8 @@ import numpy as np
 from kafka import KafkaProducer
 
 from gati import names, records
-from gati.local.ports import free_port
-from gati.local.processes import ManagedProcess, gati_argv, wait_for_health
+from launch.ports import free_port
+from launch.processes import ManagedProcess, gati_argv, wait_for_health
 
 
 def _produce(bootstrap: str, topic: str, ids: range, model: str = "m") -> None:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gati.probes.bundle import Bundle
+from gati.probes.serving.bundle import Bundle
 
 
 def main(workload: str, tag: str, out: str, starts: list[int]) -> None:

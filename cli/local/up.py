@@ -1,0 +1,490 @@
+"""`gati up`: the whole gati topology on one machine, as detached processes.
+
+Starts, in this order: a Kafka-protocol broker (Tansu, in memory), Redis (a private
+redis-server with a generated AUTH password, or one already listening given by --redis-url),
+then the cache, trainer and inference services: on a machine with two or more cores the
+model runs on the first core alone (one torch thread) and the others share the rest, the
+trainer niced (services/common/cpus.py says why). Waits until the broker and Redis accept
+connections and each service's grpc.health.v1 says SERVING, prints the endpoints, and returns.
+The processes outlive this command (each in its own session, logging to the run directory);
+`gati down` stops them. If anything fails to start, its log tail is printed and everything
+already started is stopped again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from cli.local import state as st
+from gati import names
+from launch import ports as layout
+from launch.ports import DEFAULT_PORT_BASE, LOCALHOST
+from launch.processes import (
+    ManagedProcess,
+    gati_argv,
+    redis_argv,
+    tansu_argv,
+    wait_for_health,
+    wait_for_port,
+)
+from services.common import cpus
+
+LOG_TAIL_LINES = 40
+
+
+class UsageError(ValueError):
+    """A bad combination of options; the message says how to fix it."""
+
+
+class StackRunningError(RuntimeError):
+    """A stack recorded in the run directory is still running."""
+
+
+class StartError(RuntimeError):
+    """A process did not come up; carries its name and log file for the tail."""
+
+    def __init__(self, name: str, message: str, log: Path | None) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.log = log
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    run_dir: Path
+    weights: Path | None  # None only for a user factory (package.module:function)
+    arch: str = "resnet56"
+    model: str = "resnet56"  # the name clients put in ModelInferRequest.model_name
+    redis_url: str | None = None  # None: start a private redis-server
+    redis_password: str | None = None  # AUTH for an external Redis (private: generated)
+    cache: bool = True
+    trainer: bool = True
+    records: bool = True  # the inference service sends activation records to Kafka
+    port_base: int = DEFAULT_PORT_BASE  # 0: every port picked free by the OS
+    host: str = LOCALHOST  # the services bind here; broker and private Redis stay on loopback
+    pin: bool = True  # the model gets a core of its own, the other services share the rest
+    timeout: float = 180.0  # for all services to be healthy (torch loads slowly on 2 busy cores)
+    stop_timeout: float = 20.0  # SIGTERM to SIGKILL when cleaning up a failed start
+
+    @property
+    def needs_redis(self) -> bool:
+        return self.cache or self.trainer
+
+    @property
+    def needs_kafka(self) -> bool:
+        return self.records or self.trainer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-dir",
+        default=st.DEFAULT_RUN_DIR,
+        help="where state and logs go, relative to the current directory",
+    )
+    parser.add_argument("--arch", default="resnet56", help="resnet20/32/44/56 or pkg.mod:func")
+    parser.add_argument("--model", default=None, help="served model name (default: the arch)")
+    parser.add_argument("--weights", default=None, help="the model's weights file (required)")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis (already listening) instead of starting a private redis-server",
+    )
+    parser.add_argument(
+        "--redis-password",
+        default=os.environ.get(names.ENV_PREFIX + "REDIS_PASSWORD"),
+        help="AUTH password of --redis-url (env GATI_REDIS_PASSWORD, or put it in the URL)",
+    )
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the cache service (--no-cache: none)",
+    )
+    parser.add_argument(
+        "--trainer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the trainer service (--no-trainer: none)",
+    )
+    parser.add_argument(
+        "--records",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the inference service sends activation records (--no-records with --no-trainer: "
+        "no broker)",
+    )
+    parser.add_argument(
+        "--ports",
+        type=int,
+        default=DEFAULT_PORT_BASE,
+        metavar="BASE",
+        help="port base: inference BASE+1 (REST +0, metrics +2), cache +11/+12, trainer +21/+22, "
+        "Redis +79, Kafka +92; 0 picks free ports",
+    )
+    parser.add_argument("--host", default=LOCALHOST, help="address the services bind")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the model on the first core, the other services on the rest (--no-pin: core "
+        "placement left to the OS)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds the services have to become healthy",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> UpOptions:
+    weights = Path(args.weights).expanduser().resolve() if args.weights else None
+    if weights is None and ":" not in args.arch:
+        raise UsageError(
+            f"--weights PATH is required for {args.arch} "
+            "(e.g. --weights ASSETS/models/resnet56-4bfd9763.th; README: Data and weights)"
+        )
+    if weights is not None and not weights.is_file():
+        raise UsageError(f"--weights {args.weights}: no such file")
+    if not (args.ports == 0 or 1024 <= args.ports <= layout.MAX_BASE):
+        raise UsageError(f"--ports {args.ports}: use 0 or a base within 1024..{layout.MAX_BASE}")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if args.redis_url and urlsplit(args.redis_url).scheme not in ("redis", "rediss"):
+        raise UsageError(f"--redis-url {args.redis_url!r}: expected redis://host:port/db")
+    return UpOptions(
+        run_dir=st.resolve_run_dir(args.run_dir),
+        weights=weights,
+        arch=args.arch,
+        model=args.model or args.arch.rpartition(":")[2],
+        redis_url=args.redis_url,
+        redis_password=args.redis_password or None,
+        cache=args.cache,
+        trainer=args.trainer,
+        records=args.records,
+        port_base=args.ports,
+        host=args.host,
+        pin=args.pin,
+        timeout=args.timeout,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        opts = options_from_args(args)
+    except UsageError as exc:
+        print(f"gati up: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        with _signals_interrupt():
+            state = start(opts, sys.stdout, sys.stderr)
+    except UsageError as exc:  # a taken port: found before anything started
+        print(f"gati up: {exc}", file=sys.stderr)
+        return 2
+    except (st.StackBusyError, StackRunningError) as exc:
+        print(f"gati up: {exc}", file=sys.stderr)
+        return 1
+    except StartError:
+        return 1  # start() printed the log tail and stopped what it had started
+    except KeyboardInterrupt:
+        print("gati up: interrupted; stopped what was started", file=sys.stderr)
+        return 130
+    from cli.local.status import collect, render
+
+    elapsed = time.monotonic() - started
+    print(f"\ngati is up in {opts.run_dir} ({elapsed:.1f}s)\n")
+    print(render(state, collect(state)))
+    down = "gati down" + ("" if _is_default_dir(opts.run_dir) else f" --run-dir {opts.run_dir}")
+    print(f"\nstop everything with: {down}")
+    return 0
+
+
+# --- the start sequence -----------------------------------------------------------------------
+
+
+def start(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
+    """Start the stack and wait until it is healthy; on any failure stop it all and raise.
+
+    Raises StackRunningError if a stack already runs in the run directory, StackBusyError
+    if another `gati up` / `gati down` is working there, UsageError for a taken port, and
+    StartError (after printing the log tail to `err`) if a process does not come up.
+    """
+    with st.locked(opts.run_dir):
+        refusal = _clear_previous(opts.run_dir, out)
+        if refusal:
+            raise StackRunningError(refusal)
+        return _start_all(opts, out, err)
+
+
+def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
+    """Launch every process, then wait for health. The state file is rewritten after each
+    start, so a `gati up` killed half-way still leaves `gati down` a complete list.
+    """
+    ports = plan_ports(opts)
+    state = st.StackState(run_dir=str(opts.run_dir))
+    launched: list[ManagedProcess] = []
+    log_dir = opts.run_dir / st.LOG_DIR
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def launch(
+        name: str,
+        argv: list[str],
+        address: str,
+        check: str,
+        port_map: dict[str, int],
+        health_service: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        log = log_dir / f"{name}.log"
+        if log.exists():  # keep one previous run's log; a failure's tail is this run's only
+            log.replace(log.with_suffix(".log.1"))
+        proc = ManagedProcess(name, argv, log, env).start()
+        launched.append(proc)
+        state.processes.append(
+            st.ProcessRecord(
+                name=name,
+                address=address,
+                check=check,
+                pid=proc.pid,
+                pgid=proc.pid,  # start_new_session: the leader of its own group
+                create_time=st.process_create_time(proc.pid),
+                ports=port_map,
+                health_service=health_service,
+                log=str(proc.log_path),
+                started_at=time.time(),
+            )
+        )
+        st.save(state)
+        print(f"  {name:<10} pid {proc.pid:<8} {address}", file=out, flush=True)
+        return proc
+
+    def reap() -> None:  # our children turn into zombies until waited for
+        for proc in launched:
+            if proc.proc is not None:
+                proc.proc.poll()
+
+    try:
+        print(f"starting gati in {opts.run_dir}", file=out, flush=True)
+        kafka_address = None
+        if opts.needs_kafka:
+            kafka_address = f"{LOCALHOST}:{ports['kafka']}"
+            argv = tansu_argv(ports["kafka"], LOCALHOST)
+            kafka = launch("kafka", argv, kafka_address, st.CHECK_TCP, {"kafka": ports["kafka"]})
+            _wait("kafka", kafka, wait_for_port, LOCALHOST, ports["kafka"], 30, kafka.proc)
+
+        service_env: dict[str, str] = {}
+        redis_url = None
+        if opts.needs_redis:
+            redis_url, password = _redis(opts, ports, state, launch, out)
+            if password:
+                service_env[names.ENV_PREFIX + "REDIS_PASSWORD"] = password
+
+        services = _service_plan(opts, ports, kafka_address, redis_url)
+        procs = [
+            (launch(name, argv, address, st.CHECK_GRPC, port_map, health, service_env), health)
+            for name, argv, address, port_map, health in services
+        ]
+        # Started together, waited for in order: on two cores the torch imports overlap.
+        deadline = time.monotonic() + opts.timeout
+        for proc, health in procs:
+            address = state.get(proc.name).address  # type: ignore[union-attr]
+            left = max(deadline - time.monotonic(), 1.0)
+            _wait(proc.name, proc, wait_for_health, address, health, left, proc.proc)
+        state.complete = True
+        st.save(state)
+        return state
+    except BaseException as exc:
+        if isinstance(exc, StartError):
+            _print_failure(exc, err)
+        print("stopping what was started:", file=err, flush=True)
+        st.stop_all(state, opts.stop_timeout, reap, out=err)
+        recorded = {p.pid for p in state.processes}
+        for proc in launched:  # interrupted between starting one and recording it
+            if proc.pid not in recorded:
+                proc.stop(opts.stop_timeout)
+        st.remove(opts.run_dir)
+        raise
+
+
+def _redis(
+    opts: UpOptions, ports: dict[str, int], state: st.StackState, launch, out: TextIO
+) -> tuple[str, str | None]:
+    """(url, password) of the Redis the services use; starts a private one if needed."""
+    if opts.redis_url:
+        parts = urlsplit(opts.redis_url)
+        address = f"{parts.hostname or LOCALHOST}:{parts.port or 6379}"
+        _check_redis(opts.redis_url, opts.redis_password)
+        state.processes.append(
+            st.ProcessRecord(name="redis", address=address, check=st.CHECK_REDIS)
+        )
+        state.redis_url = opts.redis_url
+        st.save(state)
+        print(f"  {'redis':<10} {'external':<12} {address}", file=out, flush=True)
+        return opts.redis_url, opts.redis_password
+    password = secrets.token_urlsafe(24)
+    state.redis_password = password
+    data_dir = opts.run_dir / "redis"
+    address = f"{LOCALHOST}:{ports['redis']}"
+    redis = launch(
+        "redis",
+        redis_argv(ports["redis"], data_dir, password),
+        address,
+        st.CHECK_REDIS,
+        {"redis": ports["redis"]},
+    )
+    _wait("redis", redis, wait_for_port, LOCALHOST, ports["redis"], 15, redis.proc)
+    url = f"redis://{address}/0"
+    state.redis_url = url
+    st.save(state)
+    return url, password
+
+
+def _check_redis(url: str, password: str | None) -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, password=password, socket_timeout=2.0)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        raise StartError("redis", f"{url} does not answer PING: {exc}", None) from None
+
+
+def _service_plan(
+    opts: UpOptions, ports: dict[str, int], kafka_address: str | None, redis_url: str | None
+) -> list[tuple[str, list[str], str, dict[str, int], str]]:
+    """(name, argv, address, ports, health service) of each service, in start order."""
+    connect = LOCALHOST if opts.host in ("0.0.0.0", "::", "") else opts.host
+    model_flags = ["--model", opts.model, "--arch", opts.arch]
+    if opts.weights is not None:
+        model_flags += ["--weights", str(opts.weights)]
+    model_cpus, other_cpus = cpus.one_machine_layout() if opts.pin else ("", "")
+    plan = []
+
+    def service(name: str, health: str, *flags: str, http: int | None = None) -> None:
+        port, metrics = ports[name], ports[f"{name}_metrics"]
+        port_map = {"grpc": port, "metrics": metrics}
+        if http is not None:  # the REST binding beside gRPC (state.json keeps its port)
+            flags, port_map["http"] = (*flags, "--http-port", str(http)), http
+        argv = gati_argv(
+            "serve", name, "--host", opts.host, "--port", str(port),
+            "--metrics-port", str(metrics), *flags,
+        )  # fmt: skip
+        plan.append((name, argv, f"{connect}:{port}", port_map, health))
+
+    if opts.cache:
+        assert redis_url is not None
+        service("cache", names.HEALTH_CACHE, "--redis-url", redis_url, "--cpus", other_cpus)
+    if opts.trainer:
+        assert redis_url is not None and kafka_address is not None
+        service(
+            "trainer", names.HEALTH_TRAINER,
+            "--kafka-bootstrap", kafka_address, "--redis-url", redis_url, *model_flags,
+            "--cpus", other_cpus,
+            # on the one core it shares with the cache service: conv and knn variants made
+            # rounds 23-32 s against 17-22 s with these two (make demo, 2 cores)
+            "--variants", "linear,mlp",
+        )  # fmt: skip
+    extra = ["--cache-address", f"{connect}:{ports['cache']}"] if opts.cache else []
+    if opts.records:
+        assert kafka_address is not None
+        extra += ["--kafka-bootstrap", kafka_address]
+    service(
+        "inference", names.HEALTH_INFERENCE, *model_flags, *extra, "--cpus", model_cpus,
+        http=ports["inference_http"],
+    )  # fmt: skip
+    return plan
+
+
+def _wait(name: str, proc: ManagedProcess, wait: Callable[..., None], *args: object) -> None:
+    """Run `wait(*args)`; its failure becomes a StartError naming the process and its log."""
+    try:
+        wait(*args)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        raise StartError(name, str(exc), proc.log_path) from None
+
+
+def _print_failure(exc: StartError, err: TextIO) -> None:
+    print(f"\ngati up: {exc}", file=err)
+    if exc.log is not None:
+        tail = ManagedProcess(exc.name, [], exc.log).log_tail(LOG_TAIL_LINES)
+        print(f"--- last {LOG_TAIL_LINES} lines of {exc.log} ---", file=err)
+        print(tail or "(empty)", file=err)
+        print("---", file=err, flush=True)
+
+
+# --- ports ------------------------------------------------------------------------------------
+
+
+def plan_ports(opts: UpOptions) -> dict[str, int]:
+    """Every port the stack will listen on; fails early, naming the port, if one is taken."""
+    wanted = ["inference", "inference_http", "inference_metrics"]
+    if opts.needs_kafka:
+        wanted.append("kafka")
+    if opts.needs_redis and not opts.redis_url:
+        wanted.append("redis")
+    if opts.cache:
+        wanted += ["cache", "cache_metrics"]
+    if opts.trainer:
+        wanted += ["trainer", "trainer_metrics"]
+    try:
+        return layout.plan(wanted, opts.port_base, opts.host)
+    except layout.PortInUseError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --- the run directory ------------------------------------------------------------------------
+
+
+def _clear_previous(run_dir: Path, out: TextIO) -> str | None:
+    """A reason to refuse if a stack runs here; otherwise clean up what a dead one left."""
+    try:
+        previous = st.load(run_dir)
+    except ValueError as exc:
+        return f"cannot read {st.state_path(run_dir)} ({exc}); remove it if nothing runs"
+    if previous is None:
+        return None
+    alive = [p for p in previous.processes if st.is_alive(p)]
+    if alive:
+        listing = ", ".join(f"{p.name} (pid {p.pid})" for p in alive)
+        flag = "" if _is_default_dir(run_dir) else f" --run-dir {run_dir}"
+        return (
+            f"a gati stack is already running in {run_dir}: {listing}. "
+            f"See it with `gati status{flag}`, stop it with `gati down{flag}`, "
+            "or start another one elsewhere with --run-dir DIR --ports BASE"
+        )
+    print(f"cleaning up a stopped stack's state in {run_dir}", file=out)
+    st.stop_all(previous, 5.0)  # stray children of dead leaders, if any
+    st.remove(run_dir)
+    return None
+
+
+def _is_default_dir(run_dir: Path) -> bool:
+    return run_dir == st.resolve_run_dir(None)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM / SIGHUP during start-up clean up like Ctrl-C does."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,142 @@
+"""The `gati` command: one entry point, subcommands imported only when chosen.
+
+Each leaf module exposes `add_arguments(parser)` and `run(args) -> int`; importing torch for
+`gati --help` would cost seconds, so leaves load lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from gati import __version__
+from gati.config import ConfigError, redacted
+
+# (group, command) -> (module, one-line help). group None: a top-level command.
+COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
+    ("serve", "inference"): (
+        "services.inference.main",
+        "serve models over the Open Inference Protocol",
+    ),
+    ("serve", "cache"): ("services.cache.main", "serve probe lookups (gati.v1 cache API)"),
+    ("serve", "trainer"): ("services.trainer.main", "learn probes from Kafka, publish to Redis"),
+    ("probes", "fit"): ("cli.probes_fit", "fit probes offline and write a bundle"),
+    ("probes", "eval"): ("cli.probes_eval", "evaluate a bundle: per layer and cascade"),
+    ("probes", "publish"): ("cli.probes_publish", "publish a bundle to Redis"),
+    ("probes", "rollback"): ("cli.probes_rollback", "point Redis at an earlier version"),
+    ("bench", "accuracy"): ("bench.accuracy", "top-1 through gRPC on a dataset"),
+    ("bench", "latency"): ("bench.latency", "gati vs a separate plain server, per workload"),
+    ("bench", "rtt"): ("bench.rtt", "cache lookup round trip vs a bare gRPC ping-pong"),
+    ("bench", "report"): ("bench.report", "the full comparison report with plots"),
+    (None, "up"): ("cli.local.up", "start broker, Redis and the three services locally"),
+    (None, "down"): ("cli.local.down", "stop everything `gati up` started"),
+    (None, "status"): ("cli.local.status", "show what `gati up` runs and its health"),
+    (None, "demo"): ("cli.demo", "the demo: a stream through the stack, live figures"),
+}
+GROUP_HELP = {
+    "serve": "run a service",
+    "probes": "fit, evaluate and publish learned caches",
+    "bench": "benchmarks that print a table and write JSON",
+}
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_STATES_DEFAULT = ("%(default)", "default:", "(default ", "; default ")  # help that says it
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions' newlines and shows every option's default.
+
+    `(default: X)` is appended unless the help already states the default, or there is none
+    to show (None: the help says what unset means). Defaults read from the environment can
+    be secrets: a password's is never shown, nor the password inside a URL."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if any(s in text for s in _STATES_DEFAULT) or "password" in action.dest:
+            return text
+        if action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {redacted(action.default).replace('%', '%%')})"
+
+
+def _common_options(top: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after any (sub)command; below the top, a flag not given
+    is left out of the namespace (SUPPRESS) so it never overwrites the top-level value."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        default="INFO" if top else argparse.SUPPRESS,
+        help=f"logging level: {', '.join(LOG_LEVELS)}; before or after any command (default: INFO)",
+    )
+    return common
+
+
+def _build_parser(chosen: tuple[str | None, str] | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gati",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+        parents=[_common_options(top=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"gati {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    below = {"formatter_class": HelpFormatter, "parents": [_common_options(top=False)]}
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for (group, name), (module, help_text) in COMMANDS.items():
+        if group is None:
+            sub = top.add_parser(name, help=help_text, description=help_text, **below)
+        else:
+            if group not in groups:
+                gp = top.add_parser(
+                    group, help=GROUP_HELP[group], description=GROUP_HELP[group], **below
+                )
+                groups[group] = gp.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
+            sub = groups[group].add_parser(name, help=help_text, description=help_text, **below)
+        if (group, name) == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(sub)
+            sub.set_defaults(_run=mod.run)
+    return parser
+
+
+def _chosen(argv: list[str]) -> tuple[str | None, str] | None:
+    words = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log-level":
+            skip = True  # its value is not a command word (`--log-level=X` is one word)
+        elif not a.startswith("-"):
+            words.append(a)
+    if words and (None, words[0]) in COMMANDS:
+        return (None, words[0])
+    if len(words) >= 2 and (words[0], words[1]) in COMMANDS:
+        return (words[0], words[1])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _build_parser(_chosen(argv)).parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        print(f"gati: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
