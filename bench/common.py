@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gati import names
 from launch.ports import free_port
-from launch.processes import ManagedProcess, gati_argv, wait_for_health
+from launch.processes import serve
+from launch.topology import Inference, Model
 
 
 def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
@@ -69,31 +69,10 @@ def served_inference(
     log_dir: Path, model: str, arch: str, weights: str, *extra: str, timeout: float = 180
 ) -> Iterator[int]:
     """`gati serve inference` in its own process; yields its gRPC port, stops it after."""
-    port = free_port()
-    proc = ManagedProcess(
-        "inference",
-        gati_argv(
-            "serve",
-            "inference",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "-1",
-            "--http-port",
-            "-1",
-            "--model",
-            model,
-            "--arch",
-            arch,
-            "--weights",
-            weights,
-            *extra,
-        ),
-        log_dir / f"inference-{port}.log",
-    ).start()
+    service = Inference(port=free_port(), model=Model(model, arch, weights), extra=extra)
+    proc = serve(service, log_dir / f"inference-{service.port}.log", timeout)
     try:
-        wait_for_health(f"127.0.0.1:{port}", names.HEALTH_INFERENCE, timeout, proc.proc)
-        yield port
+        yield service.port
     except Exception:
         print(proc.log_tail())
         raise

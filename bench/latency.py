@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import torch
 
 from bench import rtt
 from bench.common import environment, summarize, table, write_json
+from bench.histograms import lookup_figures, scrape
 from bench.stack import (
     Stack,
     fit_bundle_cli,
@@ -44,9 +44,8 @@ from gati.data import load_dataset
 from gati.models import load_model
 from gati.probes.fitting.costs import measure_stage_ms
 from gati.workloads import make_stream
-from launch.ports import free_port
+from launch.ports import LOCALHOST, free_port
 from launch.processes import wait_for_port
-from services.inference.metrics import LOOKUP_COST_BUCKETS, LOOKUP_RTT_BUCKETS, STAGE_BUCKETS
 
 MODEL = "bench"
 TARGETS = ("plain", "gati", "off")
@@ -82,58 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# --- histograms scraped from the inference service ---------------------------------------------
-
 LIVE_HITS = "gati_cache_live_hits_total"  # rows answered from the live memory
-HISTOGRAMS = {
-    "lookup_cost_ms": ("gati_cache_lookup_cost_seconds_bucket", LOOKUP_COST_BUCKETS, 1e3),
-    "reply_ms": ("gati_cache_lookup_rtt_seconds_bucket", LOOKUP_RTT_BUCKETS, 1e3),
-    "reply_stages": ("gati_cache_lookup_reply_stages_bucket", STAGE_BUCKETS, 1.0),
-}
-
-
-def scrape(stack: Stack) -> dict[str, np.ndarray]:
-    """Cumulative bucket counts of each histogram in HISTOGRAMS, summed over labels."""
-    out = {}
-    for key, (name, bounds, _) in HISTOGRAMS.items():
-        counts = dict.fromkeys(map(_le, (*bounds, math.inf)), 0.0)
-        for labels, value in stack.samples("inference", name):
-            if labels.get("le") in counts:
-                counts[labels["le"]] += value
-        out[key] = np.array(list(counts.values()))
-    return out
-
-
-def quantiles(bounds: tuple[float, ...], before: np.ndarray, after: np.ndarray) -> dict:
-    """p50 and p99 (linear within a bucket) and count of the observations between scrapes."""
-    counts = after - before
-    n = float(counts[-1])
-    if n == 0:
-        return {"n": 0, "p50": None, "p99": None}
-    edges = (*bounds, math.inf)
-    out: dict = {"n": int(n)}
-    for name, q in (("p50", 0.5), ("p99", 0.99)):
-        i = int(np.searchsorted(counts, q * n))
-        lo, lo_count = (edges[i - 1], counts[i - 1]) if i else (0.0, 0.0)
-        hi = edges[i]
-        frac = (q * n - lo_count) / max(counts[i] - lo_count, 1.0)
-        out[name] = lo + frac * (hi - lo) if hi != math.inf else lo
-    return out
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(float(bound))
-
-
-def lookup_figures(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> dict:
-    out = {}
-    for key, (_, bounds, scale) in HISTOGRAMS.items():
-        q = quantiles(bounds, before[key], after[key])
-        out[key] = {
-            "n": q["n"],
-            **{p: (q[p] * scale if q[p] is not None else None) for p in ("p50", "p99")},
-        }
-    return out
 
 
 # --- in-process references ---------------------------------------------------------------------
@@ -169,18 +117,15 @@ def compute_floors(arch: str, weights: str, manifest: dict) -> dict[str, float]:
     return floors
 
 
-def pingpong(requests: int = 1000) -> dict:
+def pingpong(log_path: Path, requests: int = 1000) -> dict:
     """p50/p99 of a bare gRPC bidi ping-pong with a lookup's message shape, between processes."""
     port = free_port()
-    echo = subprocess.Popen(
-        [sys.executable, "-c", f"from bench import rtt; rtt.serve_echo({port})"]
-    )
+    echo = rtt.start_echo(port, log_path)
     try:
-        wait_for_port("127.0.0.1", port, 60, echo)
-        ms = rtt.measure(f"127.0.0.1:{port}", "layer2.1", requests) * 1e3
+        wait_for_port(LOCALHOST, port, 60, echo.proc)
+        ms = rtt.measure(f"{LOCALHOST}:{port}", "layer2.1", requests) * 1e3
     finally:
         echo.kill()
-        echo.wait()
     return {"n": len(ms), "p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99))}
 
 
@@ -284,7 +229,7 @@ def measure(args: argparse.Namespace, logs: Path) -> dict:
         ) as stack,
         plain_server(logs / "plain", MODEL, args.arch, args.weights, pin=args.pin) as plain_port,
     ):
-        bare = pingpong()
+        bare = pingpong(logs / "echo.log")
         delay = 0.0
         for name in args.workloads.split(","):
             # The same bundle under a new version for each workload: the pays-for-itself

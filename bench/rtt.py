@@ -27,19 +27,19 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.probes.fitting.synthetic import random_bundle
 from gati.probes.serving.runtime import ProbeRuntime
 from gati.store import BundleStore
-from launch.ports import free_port
+from launch.ports import LOCALHOST, free_port
 from launch.processes import (
     ManagedProcess,
-    gati_argv,
     start_redis,
-    wait_for_health,
+    start_service,
     wait_for_port,
+    wait_serving,
 )
+from launch.topology import Cache
 
 MODEL = "rtt"
 # What a ResNet's cuts send: pool1 of 16 channels, pool2 of 32, pool4 of 64.
@@ -75,6 +75,12 @@ def serve_echo(port: int) -> None:
         await server.wait_for_termination()
 
     asyncio.run(serve())
+
+
+def start_echo(port: int, log_path: Path) -> ManagedProcess:
+    """The echo server in its own process (`python -m bench.rtt --echo PORT`); not waited for."""
+    argv = [sys.executable, "-m", "bench.rtt", "--echo", str(port)]
+    return ManagedProcess("echo", argv, log_path).start()
 
 
 @dataclass
@@ -175,15 +181,13 @@ def run_benchmark(
         store = BundleStore(url)
         store.publish(bundle)
         store.close()
-        echo = [sys.executable, "-m", "bench.rtt", "--echo", str(echo_port)]
-        procs.append(ManagedProcess("echo", echo, work / "echo.log").start())
-        cache_argv = gati_argv(
-            "--log-level=WARNING", "serve", "cache", "--host", "127.0.0.1",
-            "--port", str(cache_port), "--metrics-port", str(metrics_port), "--redis-url", url,
-        )  # fmt: skip
-        procs.append(ManagedProcess("cache", cache_argv, work / "cache.log").start())
-        wait_for_port("127.0.0.1", echo_port, 30, procs[1].proc)
-        wait_for_health(f"127.0.0.1:{cache_port}", names.HEALTH_CACHE, 60, procs[2].proc)
+        procs.append(start_echo(echo_port, work / "echo.log"))
+        cache = Cache(
+            port=cache_port, metrics_port=metrics_port, redis_url=url, log_level="WARNING"
+        )
+        procs.append(start_service(cache, work / "cache.log"))
+        wait_for_port(LOCALHOST, echo_port, 30, procs[1].proc)
+        wait_serving(cache, procs[2], 60)
         times: dict[tuple[str, str], list[np.ndarray]] = {}
         inside: dict[str, list[float]] = {layer: [0.0, 0.0] for layer in LAYERS}
         for _ in range(rounds):  # interleaved, so drifting load on the machine hits both

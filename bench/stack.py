@@ -24,15 +24,9 @@ from gati.api import grpc_service_pb2 as pb
 from gati.api import grpc_service_pb2_grpc as pb_grpc
 from gati.probes.serving.bundle import Bundle
 from gati.store import BundleStore
-from launch.ports import free_port
-from launch.processes import (
-    ManagedProcess,
-    gati_argv,
-    start_redis,
-    start_tansu,
-    wait_for_health,
-)
-from services.common import cpus
+from launch.ports import free_port, free_ports
+from launch.processes import ManagedProcess, serve, start_redis, start_tansu
+from launch.topology import Model, Service, Topology, gati_argv, plain
 
 
 @dataclass
@@ -44,6 +38,7 @@ class Stack:
     processes: dict[str, ManagedProcess]
     log_dir: Path
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)  # what each service was given
 
     def metric(self, service: str, name: str, **labels: str) -> float:
         """One sample from a service's Prometheus endpoint (0 when absent)."""
@@ -156,81 +151,44 @@ def local_stack(
     """Start what is asked for, healthy, in separate processes; stop it all on exit.
 
     With `pin`, cores are placed as `gati up` places them (services/common/cpus.py)."""
-    model_cpus, other_cpus = cpus.one_machine_layout() if pin else ("", "")
+    topology = Topology(
+        Model(model, arch, weights),
+        cache=cache,
+        trainer=trainer,
+        records=kafka or trainer,
+        pin=pin,
+        http=False,
+        inference_args=inference_args,
+        cache_args=cache_args,
+        trainer_args=trainer_args,
+    )
+    ports = free_ports(topology.endpoints())
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, ManagedProcess] = {}
-    metrics_ports: dict[str, int] = {}
     with ExitStack() as stop:
-        redis_url = cache_port = bootstrap = None
-        if cache or trainer:
-            redis_port = free_port()
-            procs["redis"] = start_redis(redis_port, log_dir)
+        redis_url = bootstrap = None
+        if topology.needs_redis:
+            procs["redis"] = start_redis(ports["redis"], log_dir)
             stop.callback(procs["redis"].stop)
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        if kafka or trainer:
-            kafka_port = free_port()
-            procs["kafka"] = start_tansu(kafka_port, log_dir)
+            redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+        if topology.needs_kafka:
+            procs["kafka"] = start_tansu(ports["kafka"], log_dir)
             stop.callback(procs["kafka"].stop)
-            bootstrap = f"127.0.0.1:{kafka_port}"
-        if cache:
-            cache_port = free_port()
-            procs["cache"] = _service(
-                stop,
-                log_dir,
-                "cache",
-                cache_port,
-                names.HEALTH_CACHE,
-                "--redis-url",
-                redis_url,
-                "--cpus",
-                other_cpus,
-                *cache_args,
-                metrics_ports=metrics_ports,
-            )
-        if trainer:
-            procs["trainer"] = _service(
-                stop,
-                log_dir,
-                "trainer",
-                free_port(),
-                names.HEALTH_TRAINER,
-                "--kafka-bootstrap",
-                bootstrap,
-                "--redis-url",
-                redis_url,
-                "--model",
-                model,
-                "--arch",
-                arch,
-                "--weights",
-                weights,
-                "--cpus",
-                other_cpus,
-                *trainer_args,
-                metrics_ports=metrics_ports,
-            )
-        extra = ["--cpus", model_cpus, "--http-port", "-1", *inference_args]
-        if cache:
-            extra += ["--cache-address", f"127.0.0.1:{cache_port}"]
-        if bootstrap:
-            extra += ["--kafka-bootstrap", bootstrap]
-        inference_port = free_port()
-        procs["inference"] = _service(
-            stop,
+            bootstrap = f"127.0.0.1:{ports['kafka']}"
+        services = {s.name: s for s in topology.services(ports, redis_url, bootstrap)}
+        for name, service in services.items():
+            procs[name] = serve(service, log_dir / f"{name}.log")
+            stop.callback(procs[name].stop)
+        yield Stack(
+            ports["inference"],
+            ports.get("cache"),
+            redis_url,
+            bootstrap,
+            procs,
             log_dir,
-            "inference",
-            inference_port,
-            names.HEALTH_INFERENCE,
-            "--model",
-            model,
-            "--arch",
-            arch,
-            "--weights",
-            weights,
-            *extra,
-            metrics_ports=metrics_ports,
+            {name: s.metrics_port for name, s in services.items()},
+            services,
         )
-        yield Stack(inference_port, cache_port, redis_url, bootstrap, procs, log_dir, metrics_ports)
 
 
 @contextmanager
@@ -242,50 +200,9 @@ def plain_server(
     the stack's inference service is; `pin` False: wherever the OS puts it). Yields its gRPC
     port."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    model_cpus, _ = cpus.one_machine_layout() if pin else ("", "")
-    with ExitStack() as stop:
-        port = free_port()
-        _service(
-            stop,
-            log_dir,
-            "plain",
-            port,
-            names.HEALTH_INFERENCE,
-            "--model", model, "--arch", arch, "--weights", weights,
-            "--exact-cache-entries", "0", "--cpus", model_cpus, "--http-port", "-1",
-            metrics_ports={},
-            kind_command="inference",
-        )  # fmt: skip
-        yield port
-
-
-def _service(
-    stop: ExitStack,
-    log_dir: Path,
-    kind: str,
-    port: int,
-    health: str,
-    *args: str | None,
-    metrics_ports: dict[str, int],
-    kind_command: str | None = None,
-) -> ManagedProcess:
-    metrics_ports[kind] = free_port()
-    proc = ManagedProcess(
-        kind,
-        gati_argv(
-            "serve",
-            kind_command or kind,
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_ports[kind]),
-            *(a for a in args if a is not None),
-        ),
-        log_dir / f"{kind}.log",
-    ).start()
-    stop.callback(proc.stop)
+    service = plain(free_port(), Model(model, arch, weights), pin=pin, metrics_port=free_port())
+    proc = serve(service, log_dir / "plain.log")
     try:
-        wait_for_health(f"127.0.0.1:{port}", health, 180, proc.proc)
-    except Exception as exc:
-        raise RuntimeError(f"{kind} service did not become healthy:\n{proc.log_tail()}") from exc
-    return proc
+        yield service.port
+    finally:
+        proc.stop()

@@ -1,40 +1,78 @@
 """The `gati` command: one entry point, subcommands imported only when chosen.
 
 Each leaf module exposes `add_arguments(parser)` and `run(args) -> int`; importing torch for
-`gati --help` would cost seconds, so leaves load lazily.
+`gati --help` would cost seconds, so only the chosen leaf is imported (`leaf`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from types import ModuleType
 
 from gati import __version__
 from gati.config import ConfigError, redacted
 
-# (group, command) -> (module, one-line help). group None: a top-level command.
-COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
-    ("serve", "inference"): (
-        "services.inference.main",
-        "serve models over the Open Inference Protocol",
-    ),
-    ("serve", "cache"): ("services.cache.main", "serve probe lookups (gati.v1 cache API)"),
-    ("serve", "trainer"): ("services.trainer.main", "learn probes from Kafka, publish to Redis"),
-    ("probes", "fit"): ("cli.probes_fit", "fit probes offline and write a bundle"),
-    ("probes", "eval"): ("cli.probes_eval", "evaluate a bundle: per layer and cascade"),
-    ("probes", "publish"): ("cli.probes_publish", "publish a bundle to Redis"),
-    ("probes", "rollback"): ("cli.probes_rollback", "point Redis at an earlier version"),
-    ("bench", "accuracy"): ("bench.accuracy", "top-1 through gRPC on a dataset"),
-    ("bench", "latency"): ("bench.latency", "gati vs a separate plain server, per workload"),
-    ("bench", "rtt"): ("bench.rtt", "cache lookup round trip vs a bare gRPC ping-pong"),
-    ("bench", "report"): ("bench.report", "the full comparison report with plots"),
-    (None, "up"): ("cli.local.up", "start broker, Redis and the three services locally"),
-    (None, "down"): ("cli.local.down", "stop everything `gati up` started"),
-    (None, "status"): ("cli.local.status", "show what `gati up` runs and its health"),
-    (None, "demo"): ("cli.demo", "the demo: a stream through the stack, live figures"),
+# (group, command) -> one-line help. group None: a top-level command.
+COMMANDS: dict[tuple[str | None, str], str] = {
+    ("serve", "inference"): "serve models over the Open Inference Protocol",
+    ("serve", "cache"): "serve probe lookups (gati.v1 cache API)",
+    ("serve", "trainer"): "learn probes from Kafka, publish to Redis",
+    ("probes", "fit"): "fit probes offline and write a bundle",
+    ("probes", "eval"): "evaluate a bundle: per layer and cascade",
+    ("probes", "publish"): "publish a bundle to Redis",
+    ("probes", "rollback"): "point Redis at an earlier version",
+    ("bench", "accuracy"): "top-1 through gRPC on a dataset",
+    ("bench", "latency"): "gati vs a separate plain server, per workload",
+    ("bench", "rtt"): "cache lookup round trip vs a bare gRPC ping-pong",
+    ("bench", "report"): "the full comparison report with plots",
+    (None, "up"): "start broker, Redis and the three services locally",
+    (None, "down"): "stop everything `gati up` started",
+    (None, "status"): "show what `gati up` runs and its health",
+    (None, "demo"): "the demo: a stream through the stack, live figures",
 }
+
+
+def leaf(command: tuple[str | None, str]) -> ModuleType:
+    """The chosen command's module, imported only now, by a plain import statement so that
+    every arrow from the command to what it runs is one tools can see."""
+    match command:
+        case ("serve", "inference"):
+            from services.inference import main as module
+        case ("serve", "cache"):
+            from services.cache import main as module
+        case ("serve", "trainer"):
+            from services.trainer import main as module
+        case ("probes", "fit"):
+            from cli import probes_fit as module
+        case ("probes", "eval"):
+            from cli import probes_eval as module
+        case ("probes", "publish"):
+            from cli import probes_publish as module
+        case ("probes", "rollback"):
+            from cli import probes_rollback as module
+        case ("bench", "accuracy"):
+            from bench import accuracy as module
+        case ("bench", "latency"):
+            from bench import latency as module
+        case ("bench", "rtt"):
+            from bench import rtt as module
+        case ("bench", "report"):
+            from bench import report as module
+        case (None, "up"):
+            from cli.local import up as module
+        case (None, "down"):
+            from cli.local import down as module
+        case (None, "status"):
+            from cli.local import status as module
+        case (None, "demo"):
+            from cli import demo as module
+        case _:
+            raise KeyError(f"no command {command}")
+    return module
+
+
 GROUP_HELP = {
     "serve": "run a service",
     "probes": "fit, evaluate and publish learned caches",
@@ -88,7 +126,7 @@ def _build_parser(chosen: tuple[str | None, str] | None) -> argparse.ArgumentPar
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     below = {"formatter_class": HelpFormatter, "parents": [_common_options(top=False)]}
     groups: dict[str, argparse._SubParsersAction] = {}
-    for (group, name), (module, help_text) in COMMANDS.items():
+    for (group, name), help_text in COMMANDS.items():
         if group is None:
             sub = top.add_parser(name, help=help_text, description=help_text, **below)
         else:
@@ -101,7 +139,7 @@ def _build_parser(chosen: tuple[str | None, str] | None) -> argparse.ArgumentPar
                 )
             sub = groups[group].add_parser(name, help=help_text, description=help_text, **below)
         if (group, name) == chosen:
-            mod = importlib.import_module(module)
+            mod = leaf(chosen)
             mod.add_arguments(sub)
             sub.set_defaults(_run=mod.run)
     return parser

@@ -14,15 +14,15 @@ import json
 import logging
 from pathlib import Path
 
-from gati.models import load_model
-from gati.probes.fitting.costs import CostModel
-from gati.probes.fitting.evaluate import evaluate_bundle
-from gati.probes.fitting.sources import (
+from cli.fit_sources import (
     add_cost_arguments,
     add_source_arguments,
     cost_from_args,
-    load_records,
+    records_for,
 )
+from gati.models import load_model
+from gati.probes.fitting.costs import CostModel
+from gati.probes.fitting.evaluate import BundleReport, evaluate_bundle
 from gati.probes.serving.bundle import Bundle
 
 log = logging.getLogger("gati.probes.eval")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         cost = cost_from_args(args, model)
-    rec = load_records(args, model)
+    rec = records_for(args, model)
     log.info("evaluating bundle v%d on %s", bundle.version, rec.description)
     result = evaluate_bundle(
         bundle,
@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
         window=args.window,
         measure=not args.cost_from_bundle,
     )
-    result["data"] = rec.description
-    print_report(result)
+    print_report(result, rec.description)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        figures = {**result.to_dict(), "data": rec.description}
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -84,46 +84,45 @@ def _f(v: object, fmt: str = "{:.4f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def print_report(r: dict) -> None:
-    print(f"data: {r['data']}")
-    print(f"cost model: {r['cost_model']['assumes']}; full model {r['cascade']['full_ms']:.3f} ms")
+def print_report(r: BundleReport, data: str) -> None:
+    print(f"data: {data}")
+    print(f"cost model: {r.cost_model['assumes']}; full model {r.cascade.full_ms:.3f} ms")
     print(
         f"{'layer':<10} {'variant':<7} {'thresh':>7} {'hit':>7} {'agree@hit':>9} "
         f"{'alone':>7} {'ms':>7} {'params KB':>9} {'mem KB':>7}"
     )
-    for row in r["layers"]:
+    for row in r.layers:
         print(
-            f"{row['layer']:<10} {row['variant']:<7} {_f(row['threshold'], '{:.3f}'):>7} "
-            f"{_f(row['hit_rate']):>7} {_f(row['agreement_among_hits']):>9} "
-            f"{_f(row['probe_agreement']):>7} {_f(row['lookup_ms'], '{:.4f}'):>7} "
-            f"{_f((row['param_bytes'] or 0) / 1024, '{:.1f}'):>9} "
-            f"{_f((row['memory_bytes'] or 0) / 1024, '{:.1f}'):>7}"
+            f"{row.layer:<10} {row.variant:<7} {_f(row.threshold, '{:.3f}'):>7} "
+            f"{_f(row.hit_rate):>7} {_f(row.agreement_among_hits):>9} "
+            f"{_f(row.probe_agreement):>7} {_f(row.lookup_ms, '{:.4f}'):>7} "
+            f"{_f((row.param_bytes or 0) / 1024, '{:.1f}'):>9} "
+            f"{_f((row.memory_bytes or 0) / 1024, '{:.1f}'):>7}"
         )
-    if not r["layers"]:
+    if not r.layers:
         print("(empty plan: no caches pay)")
-    c, o = r["cascade"], r["oracle"]
+    c, o = r.cascade, r.oracle
     print(
-        f"cascade: agreement {_f(c['agreement'])} (worst window "
-        f"{_f(c['worst_window_agreement'])}), top-1 {_f(c['top1'])} (base {_f(c['base_top1'])}),"
-        f" hit rate {_f(c['hit_rate'])}, expected {c['expected_ms']:.3f} ms, "
-        f"speedup {c['speedup_expected']:.2f}x"
+        f"cascade: agreement {_f(c.agreement)} (worst window "
+        f"{_f(c.worst_window_agreement)}), top-1 {_f(c.top1)} (base {_f(c.base_top1)}),"
+        f" hit rate {_f(c.hit_rate)}, expected {c.expected_ms:.3f} ms, "
+        f"speedup {c.speedup_expected:.2f}x"
     )
     extra = (
-        f", over every candidate probe {o['speedup_all_candidates']:.2f}x"
-        if "speedup_all_candidates" in o
+        f", over every candidate probe {o.speedup_all_candidates:.2f}x"
+        if o.speedup_all_candidates is not None
         else ""
     )
-    print(f"oracle: {o['speedup']:.2f}x over the plan{extra}")
+    print(f"oracle: {o.speedup:.2f}x over the plan{extra}")
     print(
         "windows: "
         + " ".join(
-            f"{w['start']}:{_f(w['agreement'], '{:.3f}')}/{_f(w['speedup_expected'], '{:.2f}')}x"
-            for w in r["windows"]
+            f"{w.start}:{_f(w.agreement, '{:.3f}')}/{_f(w.speedup_expected, '{:.2f}')}x"
+            for w in r.windows
         )
     )
-    if "seen" in r:
-        for name, s in r["seen"].items():
-            print(
-                f"{name} images: {s['requests']} requests, agreement {_f(s['agreement'])}, "
-                f"hit rate {_f(s['hit_rate'])}"
-            )
+    for name, s in (r.seen or {}).items():
+        print(
+            f"{name} images: {s.requests} requests, agreement {_f(s.agreement)}, "
+            f"hit rate {_f(s.hit_rate)}"
+        )

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cli.fit_sources import (
+    add_cost_arguments,
+    add_source_arguments,
+    cost_from_args,
+    records_for,
+)
 from gati.data.augment import mirror, perturbed
 from gati.models import StagedModel, load_model
 from gati.probes.fitting.fit import fit_bundle
 from gati.probes.fitting.fit_config import FitConfig, add_flags, from_flags
-from gati.probes.fitting.sources import (
-    Records,
-    add_cost_arguments,
-    add_source_arguments,
-    channels_of,
-    cost_from_args,
-    load_records,
-)
+from gati.probes.fitting.sources import Records
 from gati.probes.serving.bundle import Bundle
 
 log = logging.getLogger("gati.probes.fitting.fit")
@@ -139,11 +138,11 @@ def run(args: argparse.Namespace) -> int:
         args.threads,
         cost.describe()["assumes"],
     )
-    rec = load_records(args, model)
+    rec = records_for(args, model)
     parts = [rec, *_distillation_only(args, model)]
     calibration_rows = None
     if args.calib_start is not None:
-        cal = load_records(args, model, start=args.calib_start, stop=args.calib_stop)
+        cal = records_for(args, model, start=args.calib_start, stop=args.calib_stop)
         first = sum(len(p.logits) for p in parts)
         calibration_rows = np.arange(first, first + len(cal.logits))
         parts.append(cal)
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = fit_bundle(
         acts,
         logits,
-        channels=channels_of(model),
+        channels=rec.channels,
         cost=cost,
         model_id=model_name,
         arch=args.arch,
@@ -209,12 +208,12 @@ def _distillation_only(args: argparse.Namespace, model: StagedModel) -> list[Rec
             "--calib-start/--calib-stop (extra rows must never reach calibration)"
         )
     fit_range = {"start": args.start, "stop": args.stop}
-    extras = [load_records(args, model, **fit_range, transform=mirror)] if args.augment_flip else []
+    extras = [records_for(args, model, **fit_range, transform=mirror)] if args.augment_flip else []
     extras += [
-        load_records(args, model, **fit_range, transform=partial(perturbed, seed=view))
+        records_for(args, model, **fit_range, transform=partial(perturbed, seed=view))
         for view in range(args.augment_views)
     ]
     if args.distil_data:
-        other = load_records(args, model, start=0, stop=args.distil_stop, data=args.distil_data)
+        other = records_for(args, model, start=0, stop=args.distil_stop, data=args.distil_data)
         extras.append(replace(other, groups=-1 - other.groups))
     return extras

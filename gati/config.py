@@ -14,7 +14,7 @@ import json
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,17 +38,17 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _base_type(tp: Any) -> Any:
+def base_type(tp: Any) -> Any:
     """`int | None` -> int, `list[str]` -> list."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
+        return base_type(args[0])
     return origin or tp
 
 
 def _parse(field: dataclasses.Field, hint: Any, raw: Any) -> Any:
-    tp = _base_type(hint)
+    tp = base_type(hint)
     if raw is None or (isinstance(raw, str) and raw == "" and tp is not str):
         return None
     try:
@@ -69,6 +69,11 @@ def _parse(field: dataclasses.Field, hint: Any, raw: Any) -> Any:
         raise ConfigError(f"{field.name}: {exc}") from None
 
 
+def setting(default: Any, help_text: str, choices: Sequence[str] | None = None) -> Any:
+    """A config field with the help its flag shows (and the choices it takes, if a fixed set)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """The value a field takes when neither flag, environment nor file sets it."""
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -86,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         help_text = f"{f.metadata.get('help', '')} (env {env_name(f.name)}; "
         help_text += f"default: {field_default(f)!r})"
-        is_bool = _base_type(hints[f.name]) is bool
+        is_bool = base_type(hints[f.name]) is bool
         kind: dict[str, Any] = (
             {"action": argparse.BooleanOptionalAction} if is_bool else {"metavar": f.name.upper()}
         )

@@ -1,7 +1,8 @@
 """Start and stop the servers gati runs beside: redis-server, the Tansu Kafka broker, services.
 
-Used by `gati up` and by the tests (which must talk to real servers). Every process gets a
-log file; `stop` terminates it and its children and waits, so nothing is left running.
+Used by `gati up`, the benchmarks and the tests (which must talk to real servers). Services
+start from their descriptions in launch/topology.py. Every process gets a log file; `stop`
+terminates it and its children and waits, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from launch.topology import Service
 
 
 def wait_for_port(
@@ -201,6 +203,28 @@ def redis_argv(port: int, data_dir: Path, password: str | None = None) -> list[s
     return argv
 
 
-def gati_argv(*args: str) -> list[str]:
-    """Run the gati CLI with this interpreter (works without the console script on PATH)."""
-    return [sys.executable, "-m", "cli.main", *args]
+def start_service(
+    service: Service, log_path: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
+    """Start a described service, logging to `log_path`; does not wait for it."""
+    return ManagedProcess(service.name, service.argv(), log_path, env).start()
+
+
+def wait_serving(service: Service, proc: ManagedProcess, timeout: float) -> None:
+    """Block until `service`, running as `proc`, reports SERVING (raises as wait_for_health)."""
+    wait_for_health(service.address, service.health, timeout, proc.proc)
+
+
+def serve(service: Service, log_path: Path, timeout: float = 180.0) -> ManagedProcess:
+    """Start `service` and wait until it is SERVING; if it is not, stop it and raise
+    RuntimeError with its log tail."""
+    proc = start_service(service, log_path)
+    try:
+        wait_serving(service, proc, timeout)
+    except BaseException as exc:
+        tail = proc.log_tail()
+        proc.stop()
+        if not isinstance(exc, Exception):
+            raise
+        raise RuntimeError(f"{service.name} service did not become healthy:\n{tail}") from exc
+    return proc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import json
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 import gati
 from cli.main import COMMANDS, HelpFormatter, _build_parser, _chosen, main
+from cli.main import leaf as leaf_module
 from gati import config as cfg
 from services.cache.config import CacheConfig
 from services.inference.config import InferenceConfig
@@ -123,7 +123,7 @@ ALL = sorted(COMMANDS, key=str)
 
 @pytest.mark.parametrize("command", ALL, ids=_name)
 def test_command_module_has_the_leaf_interface(command) -> None:
-    module = importlib.import_module(COMMANDS[command][0])
+    module = leaf_module(command)
     assert callable(module.add_arguments) and callable(module.run)
 
 

@@ -8,43 +8,33 @@ trainer niced (services/common/cpus.py says why). Waits until the broker and Red
 connections and each service's grpc.health.v1 says SERVING, prints the endpoints, and returns.
 The processes outlive this command (each in its own session, logging to the run directory);
 `gati down` stops them. If anything fails to start, its log tail is printed and everything
-already started is stopped again.
+already started is stopped again. Its options are cli/local/options.py; which processes run
+with which flags is launch/topology.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
 from cli.local import state as st
+from cli.local.options import UpOptions, UsageError, add_arguments, options_from_args
 from gati import names
 from launch import ports as layout
-from launch.ports import DEFAULT_PORT_BASE, LOCALHOST
-from launch.processes import (
-    ManagedProcess,
-    gati_argv,
-    redis_argv,
-    tansu_argv,
-    wait_for_health,
-    wait_for_port,
-)
-from services.common import cpus
+from launch.ports import LOCALHOST
+from launch.processes import ManagedProcess, redis_argv, tansu_argv, wait_for_port, wait_serving
+
+__all__ = ["UpOptions", "UsageError", "add_arguments", "options_from_args", "run", "start"]
 
 LOG_TAIL_LINES = 40
-
-
-class UsageError(ValueError):
-    """A bad combination of options; the message says how to fix it."""
 
 
 class StackRunningError(RuntimeError):
@@ -58,126 +48,6 @@ class StartError(RuntimeError):
         super().__init__(f"{name}: {message}")
         self.name = name
         self.log = log
-
-
-@dataclass(frozen=True)
-class UpOptions:
-    run_dir: Path
-    weights: Path | None  # None only for a user factory (package.module:function)
-    arch: str = "resnet56"
-    model: str = "resnet56"  # the name clients put in ModelInferRequest.model_name
-    redis_url: str | None = None  # None: start a private redis-server
-    redis_password: str | None = None  # AUTH for an external Redis (private: generated)
-    cache: bool = True
-    trainer: bool = True
-    records: bool = True  # the inference service sends activation records to Kafka
-    port_base: int = DEFAULT_PORT_BASE  # 0: every port picked free by the OS
-    host: str = LOCALHOST  # the services bind here; broker and private Redis stay on loopback
-    pin: bool = True  # the model gets a core of its own, the other services share the rest
-    timeout: float = 180.0  # for all services to be healthy (torch loads slowly on 2 busy cores)
-    stop_timeout: float = 20.0  # SIGTERM to SIGKILL when cleaning up a failed start
-
-    @property
-    def needs_redis(self) -> bool:
-        return self.cache or self.trainer
-
-    @property
-    def needs_kafka(self) -> bool:
-        return self.records or self.trainer
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--run-dir",
-        default=st.DEFAULT_RUN_DIR,
-        help="where state and logs go, relative to the current directory",
-    )
-    parser.add_argument("--arch", default="resnet56", help="resnet20/32/44/56 or pkg.mod:func")
-    parser.add_argument("--model", default=None, help="served model name (default: the arch)")
-    parser.add_argument("--weights", default=None, help="the model's weights file (required)")
-    parser.add_argument(
-        "--redis-url",
-        default=None,
-        help="use this Redis (already listening) instead of starting a private redis-server",
-    )
-    parser.add_argument(
-        "--redis-password",
-        default=os.environ.get(names.ENV_PREFIX + "REDIS_PASSWORD"),
-        help="AUTH password of --redis-url (env GATI_REDIS_PASSWORD, or put it in the URL)",
-    )
-    parser.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="start the cache service (--no-cache: none)",
-    )
-    parser.add_argument(
-        "--trainer",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="start the trainer service (--no-trainer: none)",
-    )
-    parser.add_argument(
-        "--records",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the inference service sends activation records (--no-records with --no-trainer: "
-        "no broker)",
-    )
-    parser.add_argument(
-        "--ports",
-        type=int,
-        default=DEFAULT_PORT_BASE,
-        metavar="BASE",
-        help="port base: inference BASE+1 (REST +0, metrics +2), cache +11/+12, trainer +21/+22, "
-        "Redis +79, Kafka +92; 0 picks free ports",
-    )
-    parser.add_argument("--host", default=LOCALHOST, help="address the services bind")
-    parser.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the model on the first core, the other services on the rest (--no-pin: core "
-        "placement left to the OS)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=180.0,
-        help="seconds the services have to become healthy",
-    )
-
-
-def options_from_args(args: argparse.Namespace) -> UpOptions:
-    weights = Path(args.weights).expanduser().resolve() if args.weights else None
-    if weights is None and ":" not in args.arch:
-        raise UsageError(
-            f"--weights PATH is required for {args.arch} "
-            "(e.g. --weights ASSETS/models/resnet56-4bfd9763.th; README: Data and weights)"
-        )
-    if weights is not None and not weights.is_file():
-        raise UsageError(f"--weights {args.weights}: no such file")
-    if not (args.ports == 0 or 1024 <= args.ports <= layout.MAX_BASE):
-        raise UsageError(f"--ports {args.ports}: use 0 or a base within 1024..{layout.MAX_BASE}")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    if args.redis_url and urlsplit(args.redis_url).scheme not in ("redis", "rediss"):
-        raise UsageError(f"--redis-url {args.redis_url!r}: expected redis://host:port/db")
-    return UpOptions(
-        run_dir=st.resolve_run_dir(args.run_dir),
-        weights=weights,
-        arch=args.arch,
-        model=args.model or args.arch.rpartition(":")[2],
-        redis_url=args.redis_url,
-        redis_password=args.redis_password or None,
-        cache=args.cache,
-        trainer=args.trainer,
-        records=args.records,
-        port_base=args.ports,
-        host=args.host,
-        pin=args.pin,
-        timeout=args.timeout,
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,6 +102,7 @@ def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
     """Launch every process, then wait for health. The state file is rewritten after each
     start, so a `gati up` killed half-way still leaves `gati down` a complete list.
     """
+    topology = opts.topology()
     ports = plan_ports(opts)
     state = st.StackState(run_dir=str(opts.run_dir))
     launched: list[ManagedProcess] = []
@@ -278,7 +149,7 @@ def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
     try:
         print(f"starting gati in {opts.run_dir}", file=out, flush=True)
         kafka_address = None
-        if opts.needs_kafka:
+        if topology.needs_kafka:
             kafka_address = f"{LOCALHOST}:{ports['kafka']}"
             argv = tansu_argv(ports["kafka"], LOCALHOST)
             kafka = launch("kafka", argv, kafka_address, st.CHECK_TCP, {"kafka": ports["kafka"]})
@@ -286,22 +157,21 @@ def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
 
         service_env: dict[str, str] = {}
         redis_url = None
-        if opts.needs_redis:
+        if topology.needs_redis:
             redis_url, password = _redis(opts, ports, state, launch, out)
             if password:
                 service_env[names.ENV_PREFIX + "REDIS_PASSWORD"] = password
 
-        services = _service_plan(opts, ports, kafka_address, redis_url)
+        services = topology.services(ports, redis_url, kafka_address)
         procs = [
-            (launch(name, argv, address, st.CHECK_GRPC, port_map, health, service_env), health)
-            for name, argv, address, port_map, health in services
+            launch(s.name, s.argv(), s.address, st.CHECK_GRPC, s.ports, s.health, service_env)
+            for s in services
         ]
         # Started together, waited for in order: on two cores the torch imports overlap.
         deadline = time.monotonic() + opts.timeout
-        for proc, health in procs:
-            address = state.get(proc.name).address  # type: ignore[union-attr]
+        for service, proc in zip(services, procs, strict=True):
             left = max(deadline - time.monotonic(), 1.0)
-            _wait(proc.name, proc, wait_for_health, address, health, left, proc.proc)
+            _wait(proc.name, proc, wait_serving, service, proc, left)
         state.complete = True
         st.save(state)
         return state
@@ -362,52 +232,6 @@ def _check_redis(url: str, password: str | None) -> None:
         raise StartError("redis", f"{url} does not answer PING: {exc}", None) from None
 
 
-def _service_plan(
-    opts: UpOptions, ports: dict[str, int], kafka_address: str | None, redis_url: str | None
-) -> list[tuple[str, list[str], str, dict[str, int], str]]:
-    """(name, argv, address, ports, health service) of each service, in start order."""
-    connect = LOCALHOST if opts.host in ("0.0.0.0", "::", "") else opts.host
-    model_flags = ["--model", opts.model, "--arch", opts.arch]
-    if opts.weights is not None:
-        model_flags += ["--weights", str(opts.weights)]
-    model_cpus, other_cpus = cpus.one_machine_layout() if opts.pin else ("", "")
-    plan = []
-
-    def service(name: str, health: str, *flags: str, http: int | None = None) -> None:
-        port, metrics = ports[name], ports[f"{name}_metrics"]
-        port_map = {"grpc": port, "metrics": metrics}
-        if http is not None:  # the REST binding beside gRPC (state.json keeps its port)
-            flags, port_map["http"] = (*flags, "--http-port", str(http)), http
-        argv = gati_argv(
-            "serve", name, "--host", opts.host, "--port", str(port),
-            "--metrics-port", str(metrics), *flags,
-        )  # fmt: skip
-        plan.append((name, argv, f"{connect}:{port}", port_map, health))
-
-    if opts.cache:
-        assert redis_url is not None
-        service("cache", names.HEALTH_CACHE, "--redis-url", redis_url, "--cpus", other_cpus)
-    if opts.trainer:
-        assert redis_url is not None and kafka_address is not None
-        service(
-            "trainer", names.HEALTH_TRAINER,
-            "--kafka-bootstrap", kafka_address, "--redis-url", redis_url, *model_flags,
-            "--cpus", other_cpus,
-            # on the one core it shares with the cache service: conv and knn variants made
-            # rounds 23-32 s against 17-22 s with these two (make demo, 2 cores)
-            "--variants", "linear,mlp",
-        )  # fmt: skip
-    extra = ["--cache-address", f"{connect}:{ports['cache']}"] if opts.cache else []
-    if opts.records:
-        assert kafka_address is not None
-        extra += ["--kafka-bootstrap", kafka_address]
-    service(
-        "inference", names.HEALTH_INFERENCE, *model_flags, *extra, "--cpus", model_cpus,
-        http=ports["inference_http"],
-    )  # fmt: skip
-    return plan
-
-
 def _wait(name: str, proc: ManagedProcess, wait: Callable[..., None], *args: object) -> None:
     """Run `wait(*args)`; its failure becomes a StartError naming the process and its log."""
     try:
@@ -430,15 +254,7 @@ def _print_failure(exc: StartError, err: TextIO) -> None:
 
 def plan_ports(opts: UpOptions) -> dict[str, int]:
     """Every port the stack will listen on; fails early, naming the port, if one is taken."""
-    wanted = ["inference", "inference_http", "inference_metrics"]
-    if opts.needs_kafka:
-        wanted.append("kafka")
-    if opts.needs_redis and not opts.redis_url:
-        wanted.append("redis")
-    if opts.cache:
-        wanted += ["cache", "cache_metrics"]
-    if opts.trainer:
-        wanted += ["trainer", "trainer_metrics"]
+    wanted = opts.topology().endpoints(private_redis=not opts.redis_url)
     try:
         return layout.plan(wanted, opts.port_base, opts.host)
     except layout.PortInUseError as exc:

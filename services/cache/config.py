@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gati import names
-from gati.config import require
-
-
-def _f(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
+from gati.config import require, setting
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    host: str = _f("0.0.0.0", "address to bind")
-    port: int = _f(names.CACHE_PORT, "gRPC port (0 picks a free one)")
-    metrics_port: int = _f(names.CACHE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
-    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis holding the probe bundles")
-    redis_password: str | None = _f(None, "Redis AUTH password (or in redis_url)")
-    models: tuple[str, ...] = _f((), "models to hold bundles for (empty: every announced one)")
-    refresh_seconds: float = _f(2.0, "re-read bundle pointers this often (pub/sub can lose)")
-    redis_timeout_seconds: float = _f(2.0, "Redis socket timeout (a dead Redis never hangs us)")
-    redis_backoff_max_seconds: float = _f(5.0, "longest wait between retries while Redis is down")
-    state_entries: int = _f(100000, "per-request states kept (oldest dropped first)")
-    state_ttl_seconds: float = _f(30.0, "per-request state expires after this")
-    cpus: str = _f("", "cores the service runs on, e.g. 1 or 2-3 (empty: any)")
-    max_streams: int = _f(64, "open Lookup streams allowed at once (one per inference process)")
-    stream_idle_seconds: float = _f(600.0, "a Lookup stream silent this long is closed")
-    max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message sent or received")
-    drain_seconds: float = _f(5.0, "grace period on SIGTERM")
-    max_sync_age_seconds: float = _f(
+    host: str = setting("0.0.0.0", "address to bind")
+    port: int = setting(names.CACHE_PORT, "gRPC port (0 picks a free one)")
+    metrics_port: int = setting(names.CACHE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis holding the probe bundles")
+    redis_password: str | None = setting(None, "Redis AUTH password (or in redis_url)")
+    models: tuple[str, ...] = setting((), "models to hold bundles for (empty: every announced one)")
+    refresh_seconds: float = setting(2.0, "re-read bundle pointers this often (pub/sub can lose)")
+    redis_timeout_seconds: float = setting(
+        2.0, "Redis socket timeout (a dead Redis never hangs us)"
+    )
+    redis_backoff_max_seconds: float = setting(
+        5.0, "longest wait between retries while Redis is down"
+    )
+    state_entries: int = setting(100000, "per-request states kept (oldest dropped first)")
+    state_ttl_seconds: float = setting(30.0, "per-request state expires after this")
+    cpus: str = setting("", "cores the service runs on, e.g. 1 or 2-3 (empty: any)")
+    max_streams: int = setting(
+        64, "open Lookup streams allowed at once (one per inference process)"
+    )
+    stream_idle_seconds: float = setting(600.0, "a Lookup stream silent this long is closed")
+    max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message sent or received")
+    drain_seconds: float = setting(5.0, "grace period on SIGTERM")
+    max_sync_age_seconds: float = setting(
         300.0, "health NOT_SERVING after this long without a Redis sync (0: never)"
     )
-    live_rows: int = _f(1024, "rows each (model, layer) live memory holds, oldest out (0: off)")
-    live_ttl_seconds: float = _f(600.0, "a live memory row no longer answers after this")
+    live_rows: int = setting(
+        1024, "rows each (model, layer) live memory holds, oldest out (0: off)"
+    )
+    live_ttl_seconds: float = setting(600.0, "a live memory row no longer answers after this")
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")

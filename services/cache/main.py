@@ -20,10 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from services.cache.server import build
+    from services.common.shell import serve
 
     config = cfg.load(CacheConfig, args)
     server = build(config)
-    print(f"gati cache service listening on {config.host}:{server.port}", flush=True)
-    server.handle.wait_for_signal(config.drain_seconds)
-    server.close_clients()
-    return 0
+    banner = f"gati cache service listening on {config.host}:{server.port}"
+    return serve(server, banner, config.drain_seconds)

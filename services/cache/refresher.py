@@ -1,9 +1,9 @@
 """Keep the probes in use in step with Redis, the source of truth for bundles.
 
 A sync reads each model's pointer (one GET) and, when it names a version other than the one in
-use, fetches the bytes, verifies them (format, checksum, version, fitness:
-serving.fitness,
-probes build) and swaps the new runtime in. Syncs run in one thread, on:
+use, fetches the bytes, verifies them (format, checksum, version, fitness in
+gati.probes.serving.fitness, probes build) and swaps the new runtime in. Syncs run in one
+thread, on:
 - start (`sync_once`, before the service says SERVING),
 - a pub/sub announcement (a second thread listens; it also wakes a sync each time it
   (re)subscribes, which is the "load on reconnect"),
@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from gati.probes.serving.bundle import Bundle, BundleError
+from gati.probes.serving.bundle import (
+    Bundle,
+    BundleError,
+    ChecksumError,
+    LayerError,
+    VersionError,
+)
 from gati.probes.serving.fitness import FitnessError, fit_to_serve
 from gati.probes.serving.runtime import ProbeRuntime
 from gati.store import SERVED_TTL_S, Announcement, BundleStore
@@ -53,20 +59,19 @@ FALLBACK_TRIES = 5  # older versions tried when the pointer's is bad and none is
 POLL_S = 0.25  # how long the listener blocks on pub/sub; bounds how long close() takes
 
 
+# Why a bundle was refused, by the error's type, most specific first (metric labels).
+REFUSALS: tuple[tuple[type[BundleError], str], ...] = (
+    (FitnessError, "fitness"),
+    (ChecksumError, "checksum"),
+    (VersionError, "version"),
+    (LayerError, "probes"),
+    (BundleError, "format"),
+)
+
+
 def refusal_reason(exc: Exception) -> str:
     """A short, fixed label for why a bundle was refused (metric label, not free text)."""
-    if isinstance(exc, FitnessError):
-        return "fitness"
-    if isinstance(exc, BundleError):
-        text = str(exc)
-        if text.startswith("checksum"):
-            return "checksum"
-        if text.startswith("version"):
-            return "version"
-        if text.startswith("layer"):
-            return "probes"
-        return "format"
-    return "invalid"
+    return next((label for kind, label in REFUSALS if isinstance(exc, kind)), "invalid")
 
 
 class BundleRefresher:
@@ -326,7 +331,7 @@ def load_runtime(data: bytes, version: int) -> ProbeRuntime:
     """
     bundle = Bundle.from_bytes(data)
     if bundle.version != version:
-        raise BundleError(
+        raise VersionError(
             f"version in the manifest is {bundle.version} but the bundle is stored as "
             f"version {version}; republish it with `gati probes publish`"
         )

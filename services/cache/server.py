@@ -23,13 +23,13 @@ from services.cache.servicer import CacheServicer
 from services.cache.states import RowStates
 from services.common import cpus
 from services.common.grpc_server import AioGrpcServer
-from services.common.metrics import serve_metrics
+from services.common.shell import Service, go_live
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class CacheServer:
+class CacheServer(Service):
     handle: AioGrpcServer
     engine: LookupEngine
     probes: ProbeStore
@@ -38,16 +38,8 @@ class CacheServer:
     metrics: CacheMetrics
     metrics_port: int | None
 
-    @property
-    def port(self) -> int:
-        return self.handle.port
-
-    def stop(self, grace: float = 0.0) -> None:
-        """Refuse new RPCs, drain for `grace` seconds, then stop following Redis."""
-        self.handle.stop(grace)
-        self.close_clients()
-
-    def close_clients(self) -> None:
+    def close_clients(self, grace: float = 0.0) -> None:
+        """Stop following Redis."""
         self.metrics.threads.close()  # the threads end on purpose from here on
         self.refresher.close()
         self.store.close()
@@ -92,14 +84,9 @@ def build(config: CacheConfig) -> CacheServer:
     if not refresher.sync_once():
         log.warning("no bundles at start: redis %s unreachable; retrying", config.redis_url)
     refresher.start()
-    metrics.threads.guard(handle)  # a dead sync or listener thread: NOT_SERVING
     refresher.guard_health(handle, config.max_sync_age_seconds)  # stale bundles: NOT_SERVING
-    metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
-    handle.set_serving(True)
-    log.info(
-        "cache service on port %d (metrics %s), bundles: %s",
-        handle.port,
-        metrics_port,
-        ", ".join(f"{m} v{probes.version(m)}" for m in probes.models()) or "none yet",
+    bundles = ", ".join(f"{m} v{probes.version(m)}" for m in probes.models()) or "none yet"
+    metrics_port = go_live(
+        handle, metrics, config.host, config.metrics_port, "cache service", f", bundles: {bundles}"
     )
     return CacheServer(handle, engine, probes, refresher, store, metrics, metrics_port)

@@ -1,4 +1,4 @@
-"""Build a gRPC server with health and reflection, run it, drain it on SIGTERM.
+"""Build a gRPC server with health and reflection, and drain it (run it: services.common.shell).
 
 Two kinds: a threaded server (`build_server`), where each RPC runs on a worker thread, for
 services whose calls do blocking work (the model's forward pass); and `AioGrpcServer`, a
@@ -17,8 +17,6 @@ bring Redis back, and would lose the bundles held.
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
@@ -28,8 +26,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,24 +55,6 @@ class GrpcServer:
         self.set_serving(False)
         self.server.stop(grace).wait()
         self.stopped.set()
-
-    def wait_for_signal(self, grace: float) -> None:
-        """Block until SIGTERM or SIGINT, then drain (main thread only)."""
-        wait_for_signal(grace)
-        self.stop(grace)
-
-
-def wait_for_signal(grace: float) -> None:
-    """Block until SIGTERM or SIGINT (main thread only); logs the drain that follows."""
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining for up to %.1fs", signum, grace)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    done.wait()
 
 
 def build_server(
@@ -189,11 +167,6 @@ class AioGrpcServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         self.stopped.set()
-
-    def wait_for_signal(self, grace: float) -> None:
-        """Block until SIGTERM or SIGINT, then drain (main thread only)."""
-        wait_for_signal(grace)
-        self.stop(grace)
 
 
 def _statuses(handle: GrpcServer | AioGrpcServer, serving: bool) -> list[tuple[str, int]]:

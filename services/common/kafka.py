@@ -12,7 +12,6 @@ are quietened and the services log state changes themselves.
 from __future__ import annotations
 
 import logging
-import time
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -74,30 +73,8 @@ def ensure_topic(
         admin.close()
 
 
-class Backoff:
-    """Exponential retry delay: `ready()` says whether to try now; `failed()` / `ok()` update."""
-
-    def __init__(self, first: float = 0.5, most: float = 10.0) -> None:
-        self.first, self.most = first, most
-        self.delay = 0.0
-        self.next_try = 0.0
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self.next_try
-
-    def failed(self) -> float:
-        self.delay = min(self.most, max(self.first, self.delay * 2))
-        self.next_try = time.monotonic() + self.delay
-        return self.delay
-
-    def ok(self) -> None:
-        self.delay = 0.0
-        self.next_try = 0.0
-
-
 __all__ = [
     "BOOTSTRAP_TIMEOUT_MS",
-    "Backoff",
     "KafkaError",
     "TopicMissing",
     "ensure_topic",

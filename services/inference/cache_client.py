@@ -7,39 +7,23 @@ dropped, counted, and the model simply goes on. `PendingLookup.poll` reads the r
 between stages. `label` hands over, the same way, the base model's labels for rows of a request
 that sent lookups, which the relay sends on the same stream (no reply). If the relay or the
 cache service is down, `plan` returns None (the full model serves) while the relay reconnects
-with backoff, and a relay that exits is started again.
-Plans come from unary GetPlan calls on this process's own channel, once a second and at once
-when a reply names a bundle version other than the plan's. Each states the model's weights
-fingerprint (the cache service records what is served, for `gati probes publish` to check
-bundles against). A NOT_FOUND names the models the cache service does hold: a model served
-under a name no bundle is published as is logged (once, and again when what is held changes)
-and exported (`gati_inference_bundle_missing`), since it would otherwise just never hit.
+with backoff, and a relay that exits is started again (`services.inference.relay_process`).
+Plans come from `services.inference.plan_feed`, at once when a reply names a bundle version
+other than the plan's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import itertools
-import logging
 import os
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 import torch
-from google.protobuf.message import DecodeError
 
-from gati import names
-from gati.api import cache_pb2, cache_pb2_grpc
 from gati.models import StagedModel
-from gati.probes.serving.reductions import REDUCTIONS, grid, reduce
-from services.common.backoff import Backoff
+from gati.probes.serving.reductions import grid, reduce
 from services.inference.handoff import (
     CONNECTED,
     CONSUMED,
@@ -54,22 +38,9 @@ from services.inference.handoff import (
     Handoff,
 )
 from services.inference.metrics import InferenceMetrics
-from services.inference.relay import RelaySpec
-
-log = logging.getLogger(__name__)
-
-
-PIPE_BYTES = 1 << 20  # room for thousands of frames if the relay stalls for a moment
-
-
-@dataclass(frozen=True)
-class ActivePlan:
-    """The probes in use for one model: stage index -> (layer name, input reduction)."""
-
-    model: str
-    version: int
-    layers: dict[int, tuple[str, str]]
-    live_labels: bool = False  # the cache service files base labels in a live memory
+from services.inference.plan import ActivePlan
+from services.inference.plan_feed import PlanFeed
+from services.inference.relay_process import RelayProcess
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,56 +139,36 @@ class CacheClient:
         relay_cpus: str = "",
     ) -> None:
         self.address = address
-        self._models = models
         self._model_index = {name: i for i, name in enumerate(models)}
         self._metrics = metrics
-        self._refresh = plan_refresh_seconds
-        self._max_message_bytes = max_message_bytes
-        self._relay_cpus = relay_cpus
         self._max_rows = min(max_rows, Frame.max_rows())
         self._label_rows = Frame.max_rows(LABELS)  # a label message of more rows is split
         self._labels_sent = {name: metrics.labels_sent.labels(name) for name in models}
         self.handoff = Handoff.create(slots, self._max_rows, arena_slots, arena_slot_bytes)
         self._routes: dict[tuple[str, int, str, int], _Route] = {}
-        self._seq = itertools.count(1)
-        self._lock = threading.Lock()  # seq order = pipe order, so slots are freed in order
-        self._pipe_w: int | None = None
-        self._relay: subprocess.Popen | None = None
-        self._closed = threading.Event()
-        self._plan_wakeup = threading.Event()
-        self._plans: dict[str, ActivePlan | None] = dict.fromkeys(models)
-        # model -> the names the cache service held when it had no bundle for it (None: it
-        # did not say); absent while it has one, or before it was first asked
-        self._missing: dict[str, tuple[str, ...] | None] = {}
-        self._channels: dict[str, dict[str, int]] = {}  # model -> cut -> channels
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
+        self.relay = RelayProcess(
+            address, models, self.handoff, metrics, max_message_bytes, relay_cpus
         )
-        self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
-        self._was_connected = False
-        self._start_relay()
-        self._threads = [
-            threading.Thread(target=self._supervise, name="cache-relay", daemon=True),
-            threading.Thread(target=self._plan_loop, name="cache-plan", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-            metrics.threads.watch(t.name, t)  # health turns NOT_SERVING if one ends
+        self.plans = PlanFeed(
+            address,
+            models,
+            metrics,
+            lambda: self.relay.connected,
+            plan_refresh_seconds,
+            max_message_bytes,
+        )
+        self.relay.supervise(on_connect=self.plans.wake)  # a new stream: fetch plans at once
 
     # --- request path ------------------------------------------------------------------
     def plan(self, model: str) -> ActivePlan | None:
         """The plan to use now, or None when there is none or the service is unreachable."""
         if not self.connected:
             return None
-        return self._plans.get(model)
+        return self.plans.latest.get(model)
 
     @property
     def connected(self) -> bool:
-        return bool(self.handoff.status[CONNECTED]) and self._pipe_w is not None
+        return self.relay.connected
 
     def lookup(
         self,
@@ -238,10 +189,10 @@ class CacheClient:
             route = self._route(model, layer, stage, reduction, activation)
             if route is None:
                 return None
-        h = self.handoff
-        with self._lock:
-            seq = next(self._seq)
-            if seq - int(h.status[CONSUMED]) > h.arena_slots or self._pipe_w is None:
+        h, relay = self.handoff, self.relay
+        with relay.lock:
+            seq = next(relay.seq)
+            if seq - int(h.status[CONSUMED]) > h.arena_slots or relay.fd is None:
                 self._metrics.lookups_dropped.labels("backlog").inc()
                 return None
             slot = route.views[seq % h.arena_slots]
@@ -251,7 +202,7 @@ class CacheClient:
                 np.copyto(slot, activation.numpy())
             head = Frame.HEAD.pack(LOOKUP, seq, version, *route.head, len(request_id))
             try:
-                os.write(self._pipe_w, head + request_id + rows.tobytes())
+                os.write(relay.fd, head + request_id + rows.tobytes())
             except (BlockingIOError, BrokenPipeError):
                 self._metrics.lookups_dropped.labels("relay").inc()
                 return None
@@ -275,16 +226,16 @@ class CacheClient:
         index = self._model_index[model]
         rid = request_id[:MAX_REQUEST_ID_BYTES]
         rows, labels = np.asarray(rows, "<i4"), np.asarray(labels, "<i4")  # no copy if int32
-        step, sent = self._label_rows, 0
-        with self._lock:  # guards the pipe fd, which the supervisor closes and replaces
+        step, sent, relay = self._label_rows, 0, self.relay
+        with relay.lock:  # guards the pipe fd, which the supervisor closes and replaces
             try:
                 for at in range(0, n, step):
                     k = min(step, n - at)
                     head = Frame.HEAD.pack(LABELS, 0, 0, k, index, 0, 0, 0, 0, 0, 0, len(rid))
-                    if self._pipe_w is None:
+                    if relay.fd is None:
                         raise BrokenPipeError
                     body = rows[at : at + k].tobytes() + labels[at : at + k].tobytes()
-                    os.write(self._pipe_w, head + rid + body)
+                    os.write(relay.fd, head + rid + body)
                     sent += 1
             except (BlockingIOError, BrokenPipeError):
                 self._metrics.labels_dropped.labels("relay").inc()
@@ -348,9 +299,9 @@ class CacheClient:
         whether it names a bundle newer than the plan (then fetch the plan at once)."""
         self._metrics.lookup_rtt.observe(max(p.replied_at - p.sent_at, 0.0))
         self._metrics.lookup_reply_stages.observe(stage - p.stage)
-        plan = self._plans.get(p.model)
+        plan = self.plans.latest.get(p.model)
         if plan is not None and p.reply is not None and p.reply.version != plan.version:
-            self._plan_wakeup.set()
+            self.plans.wake()
 
     def replies(self) -> int:
         """How many replies the relay has made usable so far. The engine looks at its
@@ -363,239 +314,10 @@ class CacheClient:
         """How many of a finished request's lookups had no reply in time."""
         return sum(1 for p in pendings if p.reply is None)
 
-    # --- relay process ---------------------------------------------------------------------
-    def _start_relay(self) -> None:
-        read_fd, write_fd = os.pipe()
-        if hasattr(fcntl, "F_SETPIPE_SZ"):
-            with contextlib.suppress(OSError):  # a lower system limit: the default size works
-                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        os.set_blocking(write_fd, False)
-        with self._lock:  # no lookup goes out until the new relay's pipe is in place
-            self.handoff.reset()
-            self._seq = itertools.count(1)
-        spec = RelaySpec(
-            address=self.address,
-            models=list(self._models),
-            cuts=[list(m.cut_names) for m in self._models.values()],
-            handoff_fd=self.handoff.fd,
-            pipe_fd=read_fd,
-            slots=self.handoff.slots,
-            max_rows=self.handoff.max_rows,
-            arena_slots=self.handoff.arena_slots,
-            arena_slot_bytes=self.handoff.arena_slot_bytes,
-            max_message_bytes=self._max_message_bytes,
-            cpus=self._relay_cpus,
-            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        )
-        try:
-            self._relay = subprocess.Popen(
-                [sys.executable, "-m", "services.inference.relay", spec.to_json()],
-                pass_fds=(self.handoff.fd, read_fd),
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:  # the supervisor tries again: leak no pipe on the way
-            os.close(write_fd)
-            raise
-        finally:
-            os.close(read_fd)
-        with self._lock:
-            self._pipe_w = write_fd
-
-    def _supervise(self) -> None:
-        """Wait on the relay; start it again (with backoff) if it exits while we run."""
-        backoff = Backoff(0.2, 5.0)
-        while not self._closed.is_set():
-            try:
-                relay = self._relay
-                assert relay is not None
-                while not self._closed.is_set():
-                    try:
-                        code = relay.wait(timeout=0.25)
-                        break
-                    except subprocess.TimeoutExpired:
-                        self._note_connection()
-                else:
-                    return
-                with self._lock:
-                    if self._pipe_w is not None:  # None: the last start failed half way
-                        os.close(self._pipe_w)
-                    self._pipe_w = None
-                self.handoff.status[CONNECTED] = 0
-                self._metrics.relay_restarts.inc()
-                log.error("lookup relay exited with %s; starting it again", code)
-                if self._closed.wait(backoff.next()):
-                    return
-                self._start_relay()
-            except Exception:  # e.g. no pipe or process could be made: try again later
-                self._metrics.threads.error("cache-relay")
-                log.exception("lookup relay supervision failed; trying again")
-                if self._closed.wait(backoff.next()):
-                    return
-
-    def _note_connection(self) -> None:
-        connected = self.connected
-        if connected and not self._was_connected:
-            self._metrics.cache_reconnects.inc()
-            self._plan_wakeup.set()
-        self._was_connected = connected
-
-    # --- plans ---------------------------------------------------------------------------
-    def _plan_loop(self) -> None:
-        while not self._closed.is_set():
-            self._plan_wakeup.wait(self._refresh)
-            self._plan_wakeup.clear()
-            if self._closed.is_set() or not self.connected:
-                continue
-            try:
-                self.refresh_plans()
-            except Exception:  # a reply we cannot read: keep the plans held, ask again
-                self._metrics.threads.error("cache-plan")
-                log.exception("plan refresh failed; keeping the plans held, trying again")
-
-    def refresh_plans(self) -> None:
-        """Re-read every model's plan now (the plan loop, on its timer or when woken)."""
-        for name in self._models:
-            self._refresh_plan(name)
-
-    def _refresh_plan(self, name: str) -> None:
-        request = cache_pb2.PlanRequest(
-            model=name, model_fingerprint=self._models[name].fingerprint()
-        )
-        try:
-            reply = self._stub.GetPlan(request, timeout=2.0)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                self._note_missing(name, held_models(exc))
-                self._set_plan(name, None)
-            return
-        self._note_found(name)
-        self._set_plan(name, self._validate(name, reply))
-
-    def _note_missing(self, name: str, held: tuple[str, ...] | None) -> None:
-        """The cache service has no bundle for `name`: say so once (and again when what it
-        holds changes), with the names it does hold, since the likeliest cause is a bundle
-        published under another name than the one served here."""
-        if name in self._missing and self._missing[name] == held:
-            return
-        self._forget_held(name)
-        self._missing[name] = held
-        self._metrics.bundle_missing.labels(name).set(1)
-        for other in held or ():
-            self._metrics.cache_holds.labels(name, other).set(1)
-        if held is None:
-            holds = "it did not say which models it holds"
-        else:
-            holds = f"it holds bundles for: {', '.join(held) or 'none'}"
-        log.warning(
-            "model %s: the cache service at %s has no bundle for this name (%s); serving the "
-            "full model. Publish a bundle under this name (gati probes publish --model %s) or "
-            "serve the model under the name its bundle is published as",
-            name,
-            self.address,
-            holds,
-            name,
-        )
-
-    def _note_found(self, name: str) -> None:
-        if name in self._missing:
-            log.info("model %s: the cache service now has a bundle for this name", name)
-            self._forget_held(name)
-            del self._missing[name]
-            self._metrics.bundle_missing.labels(name).set(0)
-
-    def _forget_held(self, name: str) -> None:
-        """Drop the held-names series last exported for `name` (what is held changed)."""
-        for other in self._missing.get(name) or ():
-            with contextlib.suppress(KeyError):
-                self._metrics.cache_holds.remove(name, other)
-
-    def missing(self) -> dict[str, tuple[str, ...] | None]:
-        """model -> names the cache service held when it had no bundle for it (None: not
-        said), for every served model it last answered NOT_FOUND for."""
-        return dict(self._missing)
-
-    def _validate(self, name: str, plan: cache_pb2.Plan) -> ActivePlan | None:
-        model = self._models[name]
-        channels = self._channels.get(name)
-        if channels is None:  # one forward pass, the first time a plan comes
-            channels = self._channels[name] = {c: s[0] for c, s in model.cut_shapes().items()}
-        active, refusal = check_plan(name, model, channels, plan)
-        if refusal is not None:
-            self._refuse(name, *refusal)
-        return active
-
-    def _refuse(self, name: str, reason: str, message: str) -> None:
-        self._metrics.plans_refused.labels(name, reason).inc()
-        log.error("refusing plan for %s: %s", name, message)
-
-    def _set_plan(self, name: str, plan: ActivePlan | None) -> None:
-        old = self._plans.get(name)
-        if (old and old.version) != (plan and plan.version):
-            log.info("model %s: plan %s -> %s", name, old and old.version, plan and plan.version)
-        self._plans[name] = plan
-        self._metrics.plan_version.labels(name).set(plan.version if plan else 0)
-
     def close(self) -> None:
-        self._closed.set()
-        self._plan_wakeup.set()
-        for t in self._threads:
-            t.join(timeout=2)
-        with self._lock:
-            if self._pipe_w is not None:
-                os.close(self._pipe_w)  # the relay sees EOF and exits
-                self._pipe_w = None
-        if self._relay is not None:
-            try:
-                self._relay.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self._relay.kill()
-                self._relay.wait()
-        self._channel.close()
+        self.plans.close()
+        self.relay.close()
         self.handoff.close()
-
-
-def held_models(exc: grpc.RpcError) -> tuple[str, ...] | None:
-    """The models a NOT_FOUND GetPlan says the cache service holds; None when it did not
-    say (a cache service older than PlanNotFound) or said it in a form we cannot read."""
-    trailing = getattr(exc, "trailing_metadata", None)
-    for key, value in (trailing() if callable(trailing) else None) or ():
-        if key == names.PLAN_NOT_FOUND_KEY and isinstance(value, bytes):
-            try:
-                return tuple(cache_pb2.PlanNotFound.FromString(value).held_models)
-            except DecodeError:  # never let a bad trailer stop the plan loop
-                return None
-    return None
-
-
-def check_plan(
-    name: str, model: StagedModel, channels: dict[str, int], plan: cache_pb2.Plan
-) -> tuple[ActivePlan | None, tuple[str, str] | None]:
-    """(the plan to use, None) or (None, (reason, message)) when it does not fit `model`:
-    fitted to other weights, an unknown layer or reduction, or a probe that reads another
-    width than the model's cut gives (`channels`: cut -> channels)."""
-    if plan.model_fingerprint != model.fingerprint():
-        return None, (
-            "fingerprint",
-            f"bundle v{plan.bundle_version} was fitted to "
-            f"{plan.model_fingerprint[:12]}, this model is {model.fingerprint()[:12]}",
-        )
-    layers: dict[int, tuple[str, str]] = {}
-    for lp in plan.layers:
-        if lp.layer not in model.cut_names or lp.reduction not in REDUCTIONS:
-            return None, (
-                "layer",
-                f"unknown layer {lp.layer!r} or reduction {lp.reduction!r} "
-                f"in bundle v{plan.bundle_version}",
-            )
-        width = channels[lp.layer] * grid(lp.reduction) ** 2
-        if lp.input_dim and lp.input_dim != width:  # e.g. a bundle resealed with a wrong probe
-            return None, (
-                "width",
-                f"layer {lp.layer!r} of bundle v{plan.bundle_version} reads {lp.input_dim} "
-                f"values; this model's cut gives {width} at {lp.reduction}",
-            )
-        layers[model.cut_index(lp.layer)] = (lp.layer, lp.reduction)
-    return ActivePlan(name, plan.bundle_version, layers, plan.live_labels), None
 
 
 def round_trip_ms(lookups: list[PendingLookup], now: float) -> float:

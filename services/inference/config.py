@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gati import names
-from gati.config import ConfigError, require
+from gati.config import ConfigError, require, setting
 
 
 @dataclass(frozen=True)
@@ -24,58 +24,62 @@ class ModelSpec:
         return cls(name, arch, weights or None)
 
 
-def _f(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class InferenceConfig:
-    host: str = _f("0.0.0.0", "address to bind")
-    port: int = _f(names.INFERENCE_PORT, "gRPC port (0 picks a free one)")
-    metrics_port: int = _f(names.INFERENCE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
-    http_port: int = _f(
+    host: str = setting("0.0.0.0", "address to bind")
+    port: int = setting(names.INFERENCE_PORT, "gRPC port (0 picks a free one)")
+    metrics_port: int = setting(
+        names.INFERENCE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)"
+    )
+    http_port: int = setting(
         names.INFERENCE_HTTP_PORT, "REST (HTTP/JSON) port, Triton's (0 picks a free one, -1: off)"
     )
-    model: str | None = _f(None, "name of the served model")
-    arch: str | None = _f(None, "architecture: resnet20/32/44/56 or package.module:function")
-    weights: str | None = _f(None, "path to the model's weights")
-    models: tuple[str, ...] = _f((), "more models, comma-separated NAME=ARCH@WEIGHTS")
-    device: str = _f("cpu", "torch device: cpu or cuda[:N]")
-    threads: int = _f(
+    model: str | None = setting(None, "name of the served model")
+    arch: str | None = setting(None, "architecture: resnet20/32/44/56 or package.module:function")
+    weights: str | None = setting(None, "path to the model's weights")
+    models: tuple[str, ...] = setting((), "more models, comma-separated NAME=ARCH@WEIGHTS")
+    device: str = setting("cpu", "torch device: cpu or cuda[:N]")
+    threads: int = setting(
         1, "torch intra-op threads (0: torch's default, one per core; 1 is fastest at batch 1)"
     )
-    cpus: str = _f("", "cores the model runs on, e.g. 0 or 0-3 (empty: any)")
-    relay_cpus: str = _f("", "cores of the lookup relay (empty: the cores not in --cpus, if any)")
-    workers: int = _f(8, "worker threads of each transport (gRPC, and REST when on)")
-    max_batch: int = _f(256, "largest batch accepted in one request")
-    max_message_bytes: int = _f(
+    cpus: str = setting("", "cores the model runs on, e.g. 0 or 0-3 (empty: any)")
+    relay_cpus: str = setting(
+        "", "cores of the lookup relay (empty: the cores not in --cpus, if any)"
+    )
+    workers: int = setting(8, "worker threads of each transport (gRPC, and REST when on)")
+    max_batch: int = setting(256, "largest batch accepted in one request")
+    max_message_bytes: int = setting(
         64 * 1024 * 1024, "largest gRPC message sent or received, and REST body"
     )
-    drain_seconds: float = _f(10.0, "grace period for in-flight requests on SIGTERM")
+    drain_seconds: float = setting(10.0, "grace period for in-flight requests on SIGTERM")
     # --- learned caches (cache service) ---
-    cache_address: str | None = _f(None, "host:port of the cache service (unset: no caches)")
-    caches: bool = _f(True, "use learned caches at all (per request: parameter gati.caches)")
-    plan_refresh_seconds: float = _f(1.0, "how often to re-read the cache plan")
+    cache_address: str | None = setting(None, "host:port of the cache service (unset: no caches)")
+    caches: bool = setting(True, "use learned caches at all (per request: parameter gati.caches)")
+    plan_refresh_seconds: float = setting(1.0, "how often to re-read the cache plan")
     # --- exact-match cache in front of the model ---
-    exact_cache_entries: int = _f(10000, "entries of the exact-match response cache (0: off)")
+    exact_cache_entries: int = setting(10000, "entries of the exact-match response cache (0: off)")
     # --- activation records (Kafka) ---
-    kafka_bootstrap: str | None = _f(None, "Kafka bootstrap servers (unset: no records)")
-    records_topic: str = _f(names.ACTIVATIONS_TOPIC, "Kafka topic for activation records")
-    create_topic: bool = _f(
+    kafka_bootstrap: str | None = setting(None, "Kafka bootstrap servers (unset: no records)")
+    records_topic: str = setting(names.ACTIVATIONS_TOPIC, "Kafka topic for activation records")
+    create_topic: bool = setting(
         True,
         "create the records topic if missing (1 partition, replication 1); off in a cluster, "
         "where the topic Job creates it with its replication",
     )
-    record_queue: int = _f(10000, "records buffered before new ones are dropped (counted)")
-    record_layers: tuple[str, ...] = _f((), "cut points recorded (empty: every cut point)")
-    record_reduction: str = _f("pool4", "reduction of recorded activations")
-    shadow_fraction: float = _f(0.2, "fraction of hits whose full model runs in the background")
-    shadow_inflight: int = _f(1, "most shadow completions running at once")
-    agreement_target: float = _f(0.99, "served agreement the live guard holds")
-    payoff_min_lookups: int = _f(
+    record_queue: int = setting(10000, "records buffered before new ones are dropped (counted)")
+    record_layers: tuple[str, ...] = setting((), "cut points recorded (empty: every cut point)")
+    record_reduction: str = setting("pool4", "reduction of recorded activations")
+    shadow_fraction: float = setting(
+        0.2, "fraction of hits whose full model runs in the background"
+    )
+    shadow_inflight: int = setting(1, "most shadow completions running at once")
+    agreement_target: float = setting(0.99, "served agreement the live guard holds")
+    payoff_min_lookups: int = setting(
         300, "lookups per layer before judging whether it pays for itself (0: never switch off)"
     )
-    payoff_retry_seconds: float = _f(120.0, "a layer that did not pay is tried again after this")
+    payoff_retry_seconds: float = setting(
+        120.0, "a layer that did not pay is tried again after this"
+    )
 
     def __post_init__(self) -> None:
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")

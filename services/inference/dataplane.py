@@ -20,8 +20,9 @@ from gati.errors import DeadlineExceeded, GatiError, InvalidArgument
 from gati.tensors import decode_input
 from services.common.status import status_code
 from services.inference import describe
-from services.inference.engine import Engine, ServedModel
+from services.inference.engine import Engine
 from services.inference.metrics import InferenceMetrics
+from services.inference.served import ServedModel
 from services.inference.statistics import Statistics, Timing
 
 T = TypeVar("T")

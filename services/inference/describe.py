@@ -10,7 +10,7 @@ from typing import Any
 
 from gati import __version__, names
 from gati.tensors import TensorSpec
-from services.inference.engine import ServedModel
+from services.inference.served import ServedModel
 
 PLATFORM = "pytorch_staged"
 BACKEND = "gati"

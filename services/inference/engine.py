@@ -17,57 +17,23 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from gati.errors import InvalidArgument, NotFound
 from gati.models import StagedModel
-from services.inference.cache_client import (
-    ActivePlan,
-    CacheClient,
-    PendingLookup,
-    round_trip_ms,
-)
+from services.inference.cache_client import CacheClient, PendingLookup, round_trip_ms
 from services.inference.exact_cache import ExactCache
-from services.inference.guard import LiveGuard
 from services.inference.handoff import MAX_REQUEST_ID_BYTES
+from services.inference.learned import LearnedCaches
 from services.inference.metrics import InferenceMetrics
-from services.inference.payoff import PayoffGuard
+from services.inference.plan import ActivePlan
+from services.inference.record_jobs import RecordJob, RecordSink, RowRecord
+from services.inference.served import ServedModel
 
 FULL = "full"  # exit label of rows answered by the whole model
 STAGE_EWMA = 0.05  # weight of one pass in each stage's running compute time
-
-
-@dataclass
-class RowRecord:
-    """What the trainer learns from, for one batch row (activations reduced off the path)."""
-
-    row: int
-    activations: list[tuple[str, torch.Tensor]]  # (cut name, [C, H, W]) in stage order
-    hit: bool
-    exit_layer: str
-    served_label: int
-    bundle_version: int
-    base_scores: np.ndarray | None = None
-    base_label: int | None = None
-    shadow: bool = False
-
-
-@dataclass
-class RecordJob:
-    model: str
-    request_id: str
-    time: float
-    rows: list[RowRecord] = field(default_factory=list)
-    lookup_rtt_ms: float = 0.0  # see records.proto: feeds the trainer's cost model
-
-
-class RecordSink(Protocol):
-    def submit(self, job: RecordJob) -> bool:
-        """Queue a job without blocking; False (and counted) when it had to be dropped."""
-        ...
 
 
 @dataclass
@@ -80,13 +46,6 @@ class InferResult:
     bundle_version: int
     exact_hits: int
     exits: dict[str, int]  # layer -> rows a learned cache answered there
-
-
-@dataclass
-class ServedModel:
-    name: str
-    model: StagedModel
-    version: str = "1"
 
 
 def hit_scores(label: int, confidence: float, classes: int) -> np.ndarray:
@@ -103,26 +62,21 @@ class Engine:
         self,
         models: dict[str, ServedModel],
         metrics: InferenceMetrics,
-        cache: CacheClient | None = None,
+        *,
+        cache: LearnedCaches | None = None,
         exact: ExactCache | None = None,
         recorder: RecordSink | None = None,
-        shadow: ShadowRunnerLike | None = None,
-        guard: LiveGuard | None = None,
-        payoff: PayoffGuard | None = None,
         max_batch: int = 256,
-        caches_enabled: bool = True,
         record_layers: tuple[str, ...] = (),
     ) -> None:
+        """`cache`: None without a cache service or with learned caches off; `exact`: None
+        without an exact-match cache; `recorder`: None when no records are kept."""
         self.models = models
         self.metrics = metrics
         self.cache = cache
         self.exact = exact
         self.recorder = recorder
-        self.shadow = shadow
-        self.guard = guard
-        self.payoff = payoff
         self.max_batch = max_batch
-        self.caches_enabled = caches_enabled
         self._record_cuts = {
             name: self.record_indices(m.model, record_layers) for name, m in models.items()
         }
@@ -169,22 +123,18 @@ class Engine:
             self.metrics.exact_misses.labels(name).inc(len(todo))
         exact_hits = n - len(todo)
 
-        plan = None
-        if caches and self.caches_enabled and self.cache is not None:
-            plan = self.cache.plan(name)
-            if plan is None and not self.cache.connected:
+        plan, learned = None, self.cache if caches else None
+        if learned is not None:
+            plan = learned.plan(name)
+            if plan is None and not learned.client.connected:
                 self.metrics.cache_unavailable.labels(name).inc()
-        if self.guard is not None and plan is not None:
-            plan = self.guard.filter(plan)
-        if self.payoff is not None and plan is not None:
-            plan = self.payoff.filter(plan)
 
         job = RecordJob(name, request_id, time.time()) if self.recorder is not None else None
         state = _Pass(served, plan, request_id, scores, labels, hit, exit_index, keys, job)
         if len(todo):
             self._forward(state, batch[todo], todo)
-            if self.guard is not None and plan is not None:
-                self.guard.served(name, plan.version, len(todo), state.exits)
+            if learned is not None and plan is not None:
+                learned.guard.served(name, plan.version, len(todo), state.exits)
         if job is not None and job.rows:
             self.recorder.submit(job)  # type: ignore[union-attr]
         self.metrics.rows.labels(name).inc(n)
@@ -208,7 +158,7 @@ class Engine:
         st.row_ids = row_ids
         st.alive = np.arange(len(row_ids))  # positions (into row_ids) still computing
         if active:  # replies counted before this pass began cannot be this pass's
-            st.replies = self.cache.replies()  # type: ignore[union-attr]
+            st.replies = self.cache.client.replies()  # type: ignore[union-attr]
         st.acts = {int(p): [] for p in st.alive}
         st.stage_s = np.full(model.num_stages, np.nan)
         clock = time.perf_counter
@@ -232,7 +182,7 @@ class Engine:
                     layer, reduction = active[i]
                     if st.rows_i32 is None:  # the rows still computing, as the relay wants
                         st.rows_i32 = row_ids[st.alive].astype(np.int32)
-                    lookup = self.cache.lookup(  # type: ignore[union-attr]
+                    lookup = self.cache.client.lookup(  # type: ignore[union-attr]
                         st.rid_bytes,
                         st.served.name,
                         layer,
@@ -245,7 +195,7 @@ class Engine:
                     if lookup is not None:
                         st.pending.append(lookup)
                         st.sent.append(lookup)
-                replies = self.cache.replies() if st.pending else st.replies  # type: ignore[union-attr]
+                replies = self.cache.client.replies() if st.pending else st.replies  # type: ignore[union-attr]
                 if replies != st.replies:  # a reply came in: some of ours may be among them
                     st.replies = replies
                     keep = self._take_hits(st, h, i)
@@ -274,13 +224,9 @@ class Engine:
         if st.sent:
             per_lookup = st.lookup_s / len(st.sent)
             self.metrics.lookup_cost.labels(name).observe(per_lookup)
-            if self.payoff is not None:
-                costs: dict[str, tuple[int, float]] = {}
-                for p in st.sent:
-                    n, c = costs.get(p.layer, (0, 0.0))
-                    costs[p.layer] = (n + 1, c + per_lookup)
-                self.payoff.account(name, st.version, costs, st.saved_s)
-            unanswered = self.cache.unanswered(st.pending)  # type: ignore[union-attr]
+            payoff = self.cache.payoff  # type: ignore[union-attr]  # lookups sent: a cache
+            payoff.account_lookups(name, st.version, st.sent, per_lookup, st.saved_s)
+            unanswered = CacheClient.unanswered(st.pending)
             if unanswered:
                 self.metrics.lookup_unanswered.labels(name).inc(unanswered)
         if st.job is not None:
@@ -294,7 +240,7 @@ class Engine:
         st.labels[rows] = labels
         if st.sent and st.plan is not None and st.plan.live_labels:  # name their base labels
             rows_i32 = st.rows_i32 if st.rows_i32 is not None else rows.astype(np.int32)
-            self.cache.label(  # type: ignore[union-attr]  # sent implies a cache client
+            self.cache.client.label(  # type: ignore[union-attr]  # sent implies a cache client
                 st.rid_bytes, st.served.name, rows_i32, labels.astype(np.int32)
             )
         self.metrics.exits.labels(st.served.name, FULL).inc(len(rows))
@@ -325,7 +271,7 @@ class Engine:
         exiting: dict[int, tuple[int, float, str]] = {}  # index in alive -> label, conf, layer
         for p in [p for p in st.pending if p.poll() is not None]:
             st.pending.remove(p)
-            self.cache.note_reply(p, stage)  # type: ignore[union-attr]
+            self.cache.client.note_reply(p, stage)  # type: ignore[union-attr]
             reply = p.reply
             if not reply.hits:  # type: ignore[union-attr]  # a miss or an error
                 continue
@@ -341,6 +287,7 @@ class Engine:
                     exiting[j] = (int(label), float(conf), p.layer)
         if not exiting:
             return None
+        client, shadow = self.cache.client, self.cache.shadow  # type: ignore[union-attr]
         remaining_s = float(self.stage_s[st.served.name][stage + 1 :].sum()) / len(st.alive)
         keep = np.ones(len(st.alive), dtype=bool)
         shadowed: list[tuple[int, int, str, RowRecord | None]] = []
@@ -359,19 +306,19 @@ class Engine:
             record = None
             if st.job is not None:
                 record = RowRecord(r, st.acts[p], True, layer, label, st.version)
-            if self.shadow is not None and self.shadow.wanted():
+            if shadow.wanted():
                 shadowed.append((j, r, layer, record))
             elif record is not None:
                 st.job.rows.append(record)  # type: ignore[union-attr]
-        if shadowed and self.shadow is not None:
-            accepted = self.shadow.submit(
+        if shadowed:
+            accepted = shadow.submit(
                 st.served,
                 stage,
                 h[[j for j, *_ in shadowed]].clone(),
                 [(r, layer, int(st.labels[r]), rec) for _, r, layer, rec in shadowed],
                 st.request_id,
                 st.version,
-                cache=self.cache if st.plan is not None and st.plan.live_labels else None,
+                cache=client if st.plan is not None and st.plan.live_labels else None,
             )
             if not accepted and st.job is not None:  # no slot: record it without a base label
                 st.job.rows.extend(rec for *_, rec in shadowed if rec is not None)
@@ -411,23 +358,3 @@ class _Pass:
     @property
     def version(self) -> int:
         return self.plan.version if self.plan is not None else 0
-
-
-class ShadowRunnerLike(Protocol):
-    def wanted(self) -> bool:
-        """Should this hit be completed in the background (sampling)?"""
-        ...
-
-    def submit(
-        self,
-        served: ServedModel,
-        stage: int,
-        h: torch.Tensor,
-        rows: list[tuple[int, str, int, RowRecord | None]],
-        request_id: str,
-        version: int,
-        cache: CacheClient | None = None,
-    ) -> bool:
-        """Finish the model from `stage` on activations `h` of hit rows; never blocks. With
-        `cache`, the base labels found are sent to the cache service as a label message."""
-        ...

@@ -15,8 +15,8 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import replace
 
-from services.inference.cache_client import ActivePlan
 from services.inference.metrics import InferenceMetrics
+from services.inference.plan import ActivePlan
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-from services.inference.cache_client import ActivePlan
 from services.inference.metrics import InferenceMetrics
+from services.inference.plan import ActivePlan
 
 log = logging.getLogger(__name__)
+
+
+class Lookup(Protocol):
+    layer: str  # the layer whose probe it asked
 
 
 @dataclass
@@ -67,6 +72,21 @@ class PayoffGuard:
                 ledger.saved_s += saved.get(layer, 0.0)
                 if ledger.lookups >= self.min_lookups:
                     self._judge(model, layer, version, ledger)
+
+    def account_lookups(
+        self,
+        model: str,
+        version: int,
+        lookups: Iterable[Lookup],
+        cost_s: float,
+        saved: Mapping[str, float],
+    ) -> None:
+        """One request's lookups, each costing `cost_s`, and seconds its hits saved per layer."""
+        costs: dict[str, tuple[int, float]] = {}
+        for p in lookups:
+            n, c = costs.get(p.layer, (0, 0.0))
+            costs[p.layer] = (n + 1, c + cost_s)
+        self.account(model, version, costs, saved)
 
     def _judge(self, model: str, layer: str, version: int, ledger: _Ledger) -> None:
         net_ms = 1e3 * (ledger.saved_s - ledger.cost_s) / ledger.lookups

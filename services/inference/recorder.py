@@ -37,16 +37,16 @@ from kafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionE
 from gati import records
 from gati.probes.serving.reductions import grid, reduce
 from services.common import cpus
+from services.common.backoff import Backoff
 from services.common.kafka import (
     BOOTSTRAP_TIMEOUT_MS,
-    Backoff,
     TopicMissing,
     ensure_topic,
     quiet_kafka_logging,
 )
 from services.inference.config import InferenceConfig
-from services.inference.engine import RecordJob, RowRecord
 from services.inference.metrics import InferenceMetrics
+from services.inference.record_jobs import RecordJob, RowRecord
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class Recorder:
         if self._down_logged:
             log.warning("Kafka %s reachable again", self.bootstrap)
             self._down_logged = False
-        self._backoff.ok()
+        self._backoff.reset()
         return self._producer
 
     def _check_topic(self) -> None:
@@ -258,7 +258,7 @@ class Recorder:
                 "Kafka %s unusable (%s): dropping activation records, retrying every <=%.0fs",
                 self.bootstrap,
                 str(exc) if isinstance(exc, TopicMissing) else type(exc).__name__,
-                self._backoff.most,
+                self._backoff.cap,
             )
             self._down_logged = True
         log.debug("Kafka retry in %.1fs", delay)

@@ -14,16 +14,19 @@ from gati import names
 from gati.api import grpc_service_pb2, grpc_service_pb2_grpc
 from gati.models import load_model
 from services.common import cpus
-from services.common.grpc_server import GrpcServer, build_server, wait_for_signal
-from services.common.metrics import serve_metrics
+from services.common.grpc_server import GrpcServer, build_server
+from services.common.shell import Service, go_live
 from services.inference.cache_client import CacheClient
 from services.inference.config import InferenceConfig
 from services.inference.dataplane import DataPlane
-from services.inference.engine import Engine, RecordSink, ServedModel
+from services.inference.engine import Engine
 from services.inference.exact_cache import ExactCache
 from services.inference.guard import LiveGuard
+from services.inference.learned import LearnedCaches
 from services.inference.metrics import InferenceMetrics
 from services.inference.payoff import PayoffGuard
+from services.inference.record_jobs import RecordSink
+from services.inference.served import ServedModel
 from services.inference.servicer import InferenceServicer
 from services.inference.shadow import ShadowRunner
 
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class InferenceServer:
+class InferenceServer(Service):
     handle: GrpcServer
     engine: Engine
     metrics: InferenceMetrics
@@ -46,17 +49,9 @@ class InferenceServer:
     rest: RestServer | None = None  # None: REST is off (--http-port -1)
 
     @property
-    def port(self) -> int:
-        return self.handle.port
-
-    @property
     def http_port(self) -> int | None:
         """The REST port bound (None: REST is off)."""
         return self.rest.port if self.rest is not None else None
-
-    def stop(self, grace: float = 0.0) -> None:
-        self.drain(grace)
-        self.close_clients()
 
     def drain(self, grace: float) -> None:
         """Both transports refuse new requests and finish in-flight ones, side by side,
@@ -77,12 +72,7 @@ class InferenceServer:
         except Exception:  # the gRPC drain beside it goes on; the loop is closed regardless
             log.exception("REST drain failed")
 
-    def wait_for_signal(self, grace: float) -> None:
-        """Block until SIGTERM or SIGINT, then drain (main thread only)."""
-        wait_for_signal(grace)
-        self.drain(grace)
-
-    def close_clients(self) -> None:
+    def close_clients(self, grace: float = 0.0) -> None:
         self.metrics.threads.close()  # the threads end on purpose from here on
         if self.shadow is not None:
             self.shadow.close()
@@ -162,16 +152,19 @@ def build(config: InferenceConfig) -> InferenceServer:
     engine = Engine(
         models,
         metrics,
-        cache=cache,
+        cache=LearnedCaches(
+            cache,
+            guard,
+            PayoffGuard(metrics, config.payoff_min_lookups, config.payoff_retry_seconds)
+            if config.payoff_min_lookups > 0
+            else None,
+            shadow,
+        )
+        if cache is not None and config.caches  # caches off: the engine never asks for a plan
+        else None,
         exact=ExactCache(config.exact_cache_entries) if config.exact_cache_entries > 0 else None,
         recorder=recorder,
-        shadow=shadow,
-        guard=guard,
-        payoff=PayoffGuard(metrics, config.payoff_min_lookups, config.payoff_retry_seconds)
-        if config.payoff_min_lookups > 0
-        else None,
         max_batch=config.max_batch,
-        caches_enabled=config.caches,
         record_layers=config.record_layers,
     )
     plane = DataPlane(engine, metrics, live=lambda: _live(handle), ready=lambda: _ready(handle))
@@ -187,15 +180,13 @@ def build(config: InferenceConfig) -> InferenceServer:
         )
         metrics.threads.watch("rest-loop", rest.thread)
     server.start()
-    metrics.threads.guard(handle)  # a dead recorder, shadow pool, cache or REST thread: NOT_SERVING
-    metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
-    handle.set_serving(True)
-    log.info(
-        "inference service on port %d (metrics %s), REST %s, models: %s",
-        handle.port,
-        metrics_port,
-        rest.port if rest is not None else "off",
-        ", ".join(models),
+    metrics_port = go_live(  # a dead recorder, shadow pool, cache or REST thread: NOT_SERVING
+        handle,
+        metrics,
+        config.host,
+        config.metrics_port,
+        "inference service",
+        f", REST {rest.port if rest is not None else 'off'}, models: {', '.join(models)}",
     )
     return InferenceServer(
         handle, engine, metrics, metrics_port, cache, recorder, shadow, plane, rest

@@ -20,10 +20,11 @@ import torch
 
 from services.common import cpus
 from services.inference.cache_client import CacheClient
-from services.inference.engine import RecordJob, RecordSink, RowRecord, ServedModel
 from services.inference.guard import LiveGuard
 from services.inference.handoff import MAX_REQUEST_ID_BYTES
 from services.inference.metrics import InferenceMetrics
+from services.inference.record_jobs import RecordJob, RecordSink, RowRecord
+from services.inference.served import ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gati.errors import NotFound
-from services.inference.engine import FULL, InferResult, ServedModel
+from services.inference.engine import FULL, InferResult
+from services.inference.served import ServedModel
 
 EXACT = "exact"  # exit name of rows answered by the exact-match cache
 PHASES = ("compute_input", "compute_infer", "compute_output")

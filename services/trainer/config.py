@@ -6,15 +6,11 @@ The fit and cost-model settings are inherited from gati.probes.fitting.fit_confi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from gati import names
-from gati.config import require
+from gati.config import require, setting
 from gati.probes.fitting.fit_config import CostConfig, FitConfig
-
-
-def _f(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
@@ -22,46 +18,56 @@ class TrainerConfig(FitConfig, CostConfig):
     """The trainer's own settings, and every fit and cost-model setting of
     `gati probes fit` (inherited: one name, one default and one check for both)."""
 
-    host: str = _f("0.0.0.0", "address to bind (health only)")
-    port: int = _f(names.TRAINER_PORT, "gRPC health port (0 picks a free one)")
-    metrics_port: int = _f(names.TRAINER_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
-    kafka_bootstrap: str = _f("127.0.0.1:9092", "Kafka bootstrap servers")
-    records_topic: str = _f(names.ACTIVATIONS_TOPIC, "Kafka topic of activation records")
-    create_topic: bool = _f(
+    host: str = setting("0.0.0.0", "address to bind (health only)")
+    port: int = setting(names.TRAINER_PORT, "gRPC health port (0 picks a free one)")
+    metrics_port: int = setting(
+        names.TRAINER_METRICS_PORT, "Prometheus port (0 picks, -1 disables)"
+    )
+    kafka_bootstrap: str = setting("127.0.0.1:9092", "Kafka bootstrap servers")
+    records_topic: str = setting(names.ACTIVATIONS_TOPIC, "Kafka topic of activation records")
+    create_topic: bool = setting(
         True,
         "create the records topic if missing (1 partition, replication 1); off in a cluster, "
         "where the topic Job creates it with its replication",
     )
-    group_id: str = _f(names.TRAINER_GROUP, "Kafka consumer group")
-    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis receiving the probe bundles")
-    redis_password: str | None = _f(None, "Redis AUTH password (or in redis_url)")
-    model: str | None = _f(
+    group_id: str = setting(names.TRAINER_GROUP, "Kafka consumer group")
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis receiving the probe bundles")
+    redis_password: str | None = setting(None, "Redis AUTH password (or in redis_url)")
+    model: str | None = setting(
         None,
         "served model name the trainer learns for (records are read and bundles published "
         "under it: the name `gati serve inference --model` serves)",
     )
-    arch: str | None = _f(None, "its architecture (for cut shapes and fingerprint)")
-    weights: str | None = _f(None, "its weights")
+    arch: str | None = setting(None, "its architecture (for cut shapes and fingerprint)")
+    weights: str | None = setting(None, "its weights")
     # 2000, not 4000: a drifted working set leaves the window twice as fast (make demo:
     # 1.08x / 1.20x against 1.03x / 1.12x on two streams; docs/learning.md, "The window")
-    window_records: int = _f(2000, "labelled records kept per model")
-    window_seconds: float = _f(
+    window_records: int = setting(2000, "labelled records kept per model")
+    window_seconds: float = setting(
         600.0, "records older than this (before the newest) leave the window"
     )
-    min_records: int = _f(1500, "labelled records needed before the first fit")
-    retrain_every: int = _f(500, "retrain after this many new labelled records")
-    retrain_seconds: float = _f(30.0, "retrain at least this often when labelled records arrived")
-    holdout_fraction: float = _f(0.25, "newest share of the window held out to compare bundles")
-    min_gain: float = _f(
+    min_records: int = setting(1500, "labelled records needed before the first fit")
+    retrain_every: int = setting(500, "retrain after this many new labelled records")
+    retrain_seconds: float = setting(
+        30.0, "retrain at least this often when labelled records arrived"
+    )
+    holdout_fraction: float = setting(
+        0.25, "newest share of the window held out to compare bundles"
+    )
+    min_gain: float = setting(
         0.02, "relative speedup a candidate needs over the current bundle to be published"
     )
-    group_neighbours: bool = _f(True, "calibrate by neighbourhood groups, not single requests")
-    cpus: str = _f("", "cores the trainer runs on, kept off the model's core (empty: any)")
-    nice: int = _f(10, "niceness added at start, so serving on shared cores goes first (0: none)")
+    group_neighbours: bool = setting(True, "calibrate by neighbourhood groups, not single requests")
+    cpus: str = setting("", "cores the trainer runs on, kept off the model's core (empty: any)")
+    nice: int = setting(
+        10, "niceness added at start, so serving on shared cores goes first (0: none)"
+    )
     # --- Kafka ---
-    session_timeout_ms: int = _f(6000, "Kafka group session timeout (Tansu joins in ~half)")
-    topic_check_seconds: float = _f(5.0, "how often to check the topic (re-created after a loss)")
-    drain_seconds: float = _f(5.0, "time to finish the current step on SIGTERM")
+    session_timeout_ms: int = setting(6000, "Kafka group session timeout (Tansu joins in ~half)")
+    topic_check_seconds: float = setting(
+        5.0, "how often to check the topic (re-created after a loss)"
+    )
+    drain_seconds: float = setting(5.0, "time to finish the current step on SIGTERM")
 
     def __post_init__(self) -> None:
         FitConfig.__post_init__(self)

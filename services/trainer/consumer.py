@@ -31,9 +31,9 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
+from services.common.backoff import Backoff
 from services.common.kafka import (
     BOOTSTRAP_TIMEOUT_MS,
-    Backoff,
     TopicMissing,
     ensure_topic,
     quiet_kafka_logging,
@@ -152,7 +152,7 @@ class RecordSource:
             self._on_rejoin(reason)
         self._topic_id = topic_id
         self._outage = False
-        self._backoff.ok()
+        self._backoff.reset()
         return self._consumer
 
     def _build(self) -> KafkaConsumer:

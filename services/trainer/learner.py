@@ -27,17 +27,17 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from gati import records as rec_mod
 from gati.models import StagedModel
 from gati.probes.fitting.costs import CostModel, measure_stage_ms
-from gati.probes.fitting.evaluate import evaluate_bundle
+from gati.probes.fitting.evaluate import Cascade, evaluate_bundle
 from gati.probes.fitting.fit import fit_bundle
 from gati.probes.fitting.fit_config import CostConfig, FitConfig
 from gati.probes.fitting.groups import neighbourhood_groups
+from gati.probes.fitting.sources import Records
 from gati.probes.serving.bundle import Bundle
 from gati.records import Record
 
@@ -55,14 +55,10 @@ class Evaluation:
     layers: int
 
     @classmethod
-    def of(cls, report: dict[str, Any], layers: int) -> Evaluation:
-        c = report["cascade"]
+    def of(cls, c: Cascade, layers: int) -> Evaluation:
+        """From the cascade on held-out records (never empty, so no figure is None)."""
         return cls(
-            int(c["requests"]),
-            float(c["agreement"]),
-            float(c["hit_rate"]),
-            float(c["speedup_expected"]),
-            layers,
+            c.requests, float(c.agreement), float(c.hit_rate), float(c.speedup_expected), layers
         )
 
     def meets(self, target: float) -> bool:
@@ -110,14 +106,7 @@ class RoundResult:
     seconds: float
 
 
-@dataclass
-class Arrays:
-    acts: dict[str, np.ndarray]  # cut -> [N, C*16] float32 (pool4)
-    logits: np.ndarray  # [N, K]
-    channels: dict[str, int]
-
-
-def to_arrays(records: Sequence[Record], cuts: Sequence[str]) -> Arrays:
+def stacked(records: Sequence[Record], cuts: Sequence[str]) -> Records:
     """Stack labelled pool4 records over the cuts every one of them carries (stage order)."""
     have = set(rec_mod.common_layers(records))
     layers = [c for c in cuts if c in have and records[0].reduction(c) == "pool4"]
@@ -125,8 +114,7 @@ def to_arrays(records: Sequence[Record], cuts: Sequence[str]) -> Arrays:
         raise ValueError(f"records carry no pool4 activation at any cut of the model ({cuts})")
     acts = {c: rec_mod.stack(records, c) for c in layers}
     logits = np.stack([r.base_scores for r in records]).astype(np.float32)  # type: ignore[misc]
-    channels = {c: records[0].activations[c].shape[0] for c in layers}
-    return Arrays(acts, logits, channels)
+    return Records(acts, logits)
 
 
 MAX_HIT_WEIGHT = 20.0  # a labelled hit stands for at most this many (f >= 5%)
@@ -147,13 +135,7 @@ def reweight(records: Sequence[Record], hit_label_rate: float, seed: int = 0) ->
 
 def strip_candidates(bundle: Bundle) -> Bundle:
     """The bundle without its inactive candidate probes (what the cache service needs)."""
-    if not bundle.candidates:
-        return bundle
-    manifest = {**bundle.manifest, "candidates": []}
-    tensors = {k: v for k, v in bundle.tensors.items() if not k.startswith("candidates/")}
-    out = Bundle(manifest, tensors).with_version(bundle.version)  # reseals the checksum
-    out.verify()
-    return out
+    return bundle.without_candidates()
 
 
 def measured_rtt_ms(window: Sequence[Record], default: float, min_records: int = 50) -> float:
@@ -217,7 +199,7 @@ class Learner:
         n_hold = max(1, int(n * self.holdout_fraction))
         fit_part = reweight(window[: n - n_hold], hit_label_rate, seed=2 * self._rounds)
         held = reweight(window[n - n_hold :], hit_label_rate, seed=2 * self._rounds + 1)
-        data = to_arrays(fit_part, self.model.cut_names)
+        data = stacked(fit_part, self.model.cut_names)
         cost = self.cost_model(window)
         log.info("cost model: full model %.2f ms; %s", cost.full_ms, cost.describe()["assumes"])
         groups = (
@@ -238,7 +220,7 @@ class Learner:
             log=lambda msg: log.info("fit: %s", msg),
         )
         candidate = strip_candidates(fitted)
-        test = to_arrays(held, self.model.cut_names)
+        test = stacked(held, self.model.cut_names)
         cand_eval = self._evaluate(candidate, test, cost)
         cur_eval = self._evaluate(current, test, cost) if current is not None else None
         if current is not None and cur_eval is None:
@@ -257,8 +239,8 @@ class Learner:
             time.perf_counter() - t0,
         )
 
-    def _evaluate(self, bundle: Bundle, data: Arrays, cost: CostModel) -> Evaluation | None:
+    def _evaluate(self, bundle: Bundle, data: Records, cost: CostModel) -> Evaluation | None:
         if any(layer not in data.acts for layer, _ in bundle.plan):
             return None
         report = evaluate_bundle(bundle, data.acts, data.logits, cost=cost)
-        return Evaluation.of(report, len(bundle.layers))
+        return Evaluation.of(report.cascade, len(bundle.layers))

@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from services.common.shell import serve
     from services.trainer.server import build
 
     config = cfg.load(TrainerConfig, args)
@@ -22,7 +23,5 @@ def run(args: argparse.Namespace) -> int:
         os.nice(config.nice)  # fitting is background work: serving on shared cores goes first
     cpus.pin(config.cpus, "trainer")
     server = build(config)
-    print(f"gati trainer listening on {config.host}:{server.port} (health only)", flush=True)
-    server.handle.wait_for_signal(0.0)
-    server.close_clients(config.drain_seconds)
-    return 0
+    banner = f"gati trainer listening on {config.host}:{server.port} (health only)"
+    return serve(server, banner, config.drain_seconds)

@@ -19,7 +19,7 @@ from gati import names
 from gati.config import ConfigError
 from gati.models import StagedModel, load_model
 from services.common.grpc_server import GrpcServer, build_server
-from services.common.metrics import serve_metrics
+from services.common.shell import Service, go_live
 from services.trainer.config import TrainerConfig
 from services.trainer.consumer import RecordSource
 from services.trainer.learner import Learner
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainerServer:
+class TrainerServer(Service):
     handle: GrpcServer
     loop: TrainerLoop
     metrics: TrainerMetrics
@@ -40,13 +40,9 @@ class TrainerServer:
     thread: threading.Thread
     stopping: threading.Event
 
-    @property
-    def port(self) -> int:
-        return self.handle.port
-
-    def stop(self, grace: float = 0.0) -> None:
-        self.handle.stop(grace)
-        self.close_clients(grace)
+    def drain(self, grace: float) -> None:
+        """Stop the health server at once: no RPC of its own is worth waiting for."""
+        self.handle.stop(0.0)
 
     def close_clients(self, grace: float = 5.0) -> None:
         """Stop the loop (it finishes its step; a running fit may outlast `grace`), close."""
@@ -117,17 +113,13 @@ def build(config: TrainerConfig) -> TrainerServer:
     thread = threading.Thread(target=loop.run, args=(stopping,), name="trainer", daemon=True)
     thread.start()
     metrics.threads.watch("trainer", thread)
-    metrics.threads.guard(handle)  # the loop thread dead: NOT_SERVING
-    metrics_port = serve_metrics(metrics.registry, config.host, config.metrics_port)
-    handle.set_serving(True)
-    log.info(
-        "trainer for %s on port %d (metrics %s): Kafka %s topic %s group %s, Redis %s",
-        config.model,
-        handle.port,
-        metrics_port,
-        config.kafka_bootstrap,
-        config.records_topic,
-        config.group_id,
-        config.redis_url.split("@")[-1],
+    metrics_port = go_live(
+        handle,
+        metrics,
+        config.host,
+        config.metrics_port,
+        f"trainer for {config.model}",
+        f": Kafka {config.kafka_bootstrap} topic {config.records_topic} group {config.group_id}"
+        f", Redis {config.redis_url.split('@')[-1]}",
     )
     return TrainerServer(handle, loop, metrics, metrics_port, thread, stopping)

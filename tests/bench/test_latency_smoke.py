@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import FULL_MODEL, TARGETS, judge, quantiles
-from launch.processes import gati_argv
+from bench.histograms import quantiles
+from bench.latency import FULL_MODEL, TARGETS, judge
+from launch.topology import gati_argv
 from services.inference.metrics import LOOKUP_RTT_BUCKETS
 
 SIDE = {"mean_ms", "p50_ms", "p99_ms", "n"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.processes import gati_argv
+from launch.topology import gati_argv
 
 SYSTEMS = ("plain", "exact", "static", "online")
 WORKLOADS = ("drift", "repeats")

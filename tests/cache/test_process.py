@@ -8,33 +8,22 @@ import urllib.request
 
 import grpc
 
-from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.store import BundleStore
 from launch.ports import free_port
-from launch.processes import ManagedProcess, gati_argv, wait_for_health
+from launch.processes import start_service, wait_serving
+from launch.topology import Cache, gati_argv
 from tests.cache.helpers import FINGERPRINT, MODEL, make_bundle, wait_until
 
 
 def test_serve_cache_process(redis_url: str, store: BundleStore, tmp_path) -> None:
     store.publish(make_bundle())
     port, metrics_port = free_port(), free_port()
-    argv = gati_argv(
-        "serve",
-        "cache",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        "--redis-url",
-        redis_url,
-    )
-    proc = ManagedProcess("cache", argv, tmp_path / "cache.log").start()
+    service = Cache(port=port, metrics_port=metrics_port, redis_url=redis_url)
+    proc = start_service(service, tmp_path / "cache.log")
     try:
-        address = f"127.0.0.1:{port}"
-        wait_for_health(address, names.HEALTH_CACHE, timeout=60, proc=proc.proc)
+        address = service.address
+        wait_serving(service, proc, timeout=60)
         with grpc.insecure_channel(address) as channel:
             stub = cache_pb2_grpc.CacheServiceStub(channel)
             plan = stub.GetPlan(cache_pb2.PlanRequest(model=MODEL), timeout=5)

@@ -30,7 +30,6 @@ import kubernetes_validate
 from gati import config, names
 from services.inference.config import InferenceConfig
 from tests.deploy import k8s_checks as k8s
-from tests.deploy import kustomize_lite
 
 Obj = dict[str, Any]
 
@@ -275,8 +274,8 @@ def drift(objs: list[Obj], base_objs: list[Obj], image: str | None = None) -> li
         if container.get("image") != image:
             errors.append(f"runtime image {container.get('image')!r}, expected {image!r}")
     else:
-        ours = kustomize_lite.split_image(container.get("image", ""))[0].rsplit("/", 1)[-1]
-        theirs = kustomize_lite.split_image(base["image"])[0].rsplit("/", 1)[-1]
+        ours = k8s.split_image(container.get("image", ""))[0].rsplit("/", 1)[-1]
+        theirs = k8s.split_image(base["image"])[0].rsplit("/", 1)[-1]
         if ours != theirs:
             errors.append(f"runtime image {container.get('image')!r} is not {theirs}")
     env = [e for e in base.get("env", []) if e["name"] != HTTP_ENV]

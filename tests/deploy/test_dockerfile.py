@@ -22,7 +22,6 @@ from cli.main import COMMANDS
 from gati import names
 from services.inference.config import InferenceConfig
 from tests.deploy import k8s_checks as k8s
-from tests.deploy import kustomize_lite as kl
 
 REPO = k8s.REPO
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
@@ -156,7 +155,7 @@ def test_runtime_dependencies_are_installed_at_the_exact_pins() -> None:
 def test_base_image_is_pinned_and_fits_the_project() -> None:
     (arg,) = [a for w, a in instructions() if w == "ARG" and a.startswith("PYTHON_IMAGE=")]
     image = arg.split("=", 1)[1]
-    name, tag, digest = kl.split_image(image)
+    name, tag, digest = k8s.split_image(image)
     assert name == "python"
     version = re.match(r"(\d+\.\d+\.\d+)-slim", tag or "")
     assert version or digest, f"{image}: pin an exact Python version"
@@ -174,7 +173,7 @@ def test_runs_as_the_user_the_manifests_expect() -> None:
         for w in k8s.workloads(k8s.render(overlay)):
             spec = k8s.pod_template(w)["spec"]
             if any(
-                kl.split_image(c["image"])[0].endswith(
+                k8s.split_image(c["image"])[0].endswith(
                     ("gati-inference", "gati-cache", "gati-trainer")
                 )
                 for c in k8s.containers(spec)

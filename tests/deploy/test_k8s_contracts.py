@@ -22,7 +22,6 @@ from services.cache.config import CacheConfig
 from services.inference.config import InferenceConfig
 from services.trainer.config import TrainerConfig
 from tests.deploy import k8s_checks as k8s
-from tests.deploy import kustomize_lite as kl
 
 OVERLAYS = k8s.overlays()
 SERVICES = {
@@ -67,7 +66,7 @@ def objs_of(overlay: Path) -> list[dict]:
 
 def service_of(container: dict) -> str | None:
     """`gati-inference` images run `gati serve inference` (see deploy/docker/Dockerfile)."""
-    name = kl.split_image(container["image"])[0].rsplit("/", 1)[-1]
+    name = k8s.split_image(container["image"])[0].rsplit("/", 1)[-1]
     return name.removeprefix("gati-") if name.removeprefix("gati-") in SERVICES else None
 
 
@@ -479,7 +478,7 @@ def test_images_are_pinned(overlay: Path) -> None:
     prefixes = set()
     for w in k8s.workloads(objs):
         for c in k8s.containers(k8s.pod_template(w)["spec"]):
-            name, tag, digest = kl.split_image(c["image"])
+            name, tag, digest = k8s.split_image(c["image"])
             if service_of(c):
                 assert digest or tag == VERSION, c["image"]
                 prefixes.add(name.rsplit("/", 1)[0] if "/" in name else "")

@@ -1,4 +1,9 @@
-"""Every overlay renders, and the pure-Python renderer agrees with `kubectl kustomize`."""
+"""Every overlay renders with the real kustomize, as its kustomization declares.
+
+Rendering is `kustomize build` or `kubectl kustomize` (k8s_checks.kustomize_build); where
+neither is installed the tests that render skip, naming the missing tool, and the structural
+checks of every kustomization (k8s_checks.kustomization_problems) still run.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,8 @@ import pytest
 import yaml
 
 from tests.deploy import k8s_checks as k8s
-from tests.deploy import kustomize_lite as kl
 
 OVERLAYS = k8s.overlays()
-needs_kubectl = pytest.mark.skipif(k8s.kubectl() is None, reason="kubectl is not installed")
 
 
 def test_the_three_overlays_exist() -> None:
@@ -20,59 +23,84 @@ def test_the_three_overlays_exist() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_python_renderer_builds_every_overlay(overlay: Path) -> None:
-    objs = k8s.render_python(overlay)
+def test_every_overlay_renders(overlay: Path) -> None:
+    objs = k8s.render(overlay)
     kinds = {o["kind"] for o in objs}
     assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "NetworkPolicy"} <= kinds
 
 
 def _by_id(objs: list[dict]) -> dict:
-    """Objects by resource id: kubectl sorts its output by kind, the order means nothing."""
-    return {kl.object_id(o): o for o in objs}
+    """Objects by resource id: kustomize sorts its output by kind, the order means nothing."""
+    return {k8s.object_id(o): o for o in objs}
 
 
-@needs_kubectl
-@pytest.mark.parametrize(
-    "path",
-    [*OVERLAYS, k8s.K8S / "base"],
-    ids=lambda p: p.name,
-)
-def test_renderers_agree(path: Path) -> None:
-    ours = _by_id(k8s.render_python(path))
-    theirs = _by_id(k8s.render_kubectl(path))
-    assert sorted(ours) == sorted(theirs)
-    for key, obj in ours.items():
-        assert obj == theirs[key], f"{key} differs between kustomize_lite and kubectl"
+@pytest.mark.parametrize("path", [*OVERLAYS, k8s.K8S / "base"], ids=lambda p: p.name)
+def test_render_has_the_declared_objects(path: Path) -> None:
+    """The resources and components the kustomizations name, less the `$patch: delete`s:
+    no more, no fewer, none twice."""
+    declared = sorted(k8s.object_id(o) for o in k8s.declared_objects(path))
+    assert len(set(declared)) == len(declared)
+    assert sorted(k8s.object_id(o) for o in k8s.render(path)) == declared
 
 
-def test_every_kustomization_stays_within_the_subset() -> None:
-    """Components included: the renderer rejects any field it does not implement."""
+def test_every_kustomization_is_sound_without_rendering() -> None:
+    """Runs with no kustomize installed: every file named exists and parses, kinds and
+    apiVersions are right, nothing is declared twice, no YAML file is left unnamed."""
+    assert k8s.kustomization_problems() == []
+
+
+def test_every_kustomization_stays_within_the_checked_fields() -> None:
+    """Components included: a field the structural check does not know could name files
+    that nothing checks where kustomize is not installed."""
     for file in k8s.K8S.rglob("kustomization.yaml"):
         data = yaml.safe_load(file.read_text())
-        assert set(data) <= kl.FIELDS, f"{file}: {set(data) - kl.FIELDS}"
+        assert set(data) <= k8s.KUSTOMIZATION_FIELDS, (
+            f"{file}: {set(data) - k8s.KUSTOMIZATION_FIELDS}"
+        )
 
 
 def test_unsupported_field_is_refused(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("namePrefix: x-\nresources: []\n")
-    with pytest.raises(kl.KustomizeError, match="namePrefix"):
-        kl.build(tmp_path)
+    problems = k8s.kustomization_problems(tmp_path)
+    assert any("namePrefix" in p and "not checked" in p for p in problems), problems
 
 
-def test_duplicate_objects_are_refused(tmp_path: Path) -> None:
+# "structure": k8s_checks.kustomization_problems, which runs everywhere; "kustomize": the tool.
+CHECKS = ["structure", "kustomize"]
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_duplicate_objects_are_refused(tmp_path: Path, check: str) -> None:
     cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"
     (tmp_path / "a.yaml").write_text(cm)
     (tmp_path / "b.yaml").write_text(cm)
     (tmp_path / "kustomization.yaml").write_text("resources: [a.yaml, b.yaml]\n")
-    with pytest.raises(kl.KustomizeError, match="defined twice"):
-        kl.build(tmp_path)
+    if check == "structure":
+        assert any("defined twice" in p for p in k8s.kustomization_problems(tmp_path))
+    else:
+        with pytest.raises(k8s.KustomizeError, match="already registered id"):
+            k8s.kustomize_build(tmp_path)
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_missing_and_unnamed_files_are_refused(tmp_path: Path, check: str) -> None:
+    (tmp_path / "a.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+    (tmp_path / "kustomization.yaml").write_text("resources: [b.yaml]\n")
+    if check == "structure":
+        problems = k8s.kustomization_problems(tmp_path)
+        assert any("resource b.yaml does not exist" in p for p in problems), problems
+        assert any("does not name a.yaml" in p for p in problems), problems
+    else:
+        with pytest.raises(k8s.KustomizeError, match=r"b\.yaml: no such file"):
+            k8s.kustomize_build(tmp_path)
 
 
 def test_patch_matching_nothing_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
     (tmp_path / "p.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n")
     (tmp_path / "kustomization.yaml").write_text("resources: [a.yaml]\npatches: [{path: p.yaml}]\n")
-    with pytest.raises(kl.KustomizeError, match="matches no object"):
-        kl.build(tmp_path)
+    with pytest.raises(k8s.KustomizeError, match="no resource matches"):
+        k8s.kustomize_build(tmp_path)
 
 
 DEPLOYMENT = """
@@ -142,8 +170,9 @@ def _write_case(tmp_path: Path) -> Path:
 
 def test_strategic_merge_and_images(tmp_path: Path) -> None:
     """Exact result: merge keys, element order, deletion, nulls, list replacement, images."""
-    objs = kl.build(_write_case(tmp_path))
-    deployment, service = objs
+    objs = k8s.kustomize_build(_write_case(tmp_path))
+    (deployment,) = k8s.by_kind(objs, "Deployment")
+    (service,) = k8s.by_kind(objs, "Service")
     assert deployment["metadata"]["labels"] == {"keep": "1"}
     got = deployment["spec"]["template"]["spec"]["containers"]
     assert [x["name"] for x in got] == ["b", "c", "a"]
@@ -161,13 +190,8 @@ def test_strategic_merge_and_images(tmp_path: Path) -> None:
     assert service["spec"]["ports"] == [{"name": "bb", "port": 2}, {"name": "a", "port": 1}]
 
 
-@needs_kubectl
-def test_strategic_merge_matches_kubectl(tmp_path: Path) -> None:
-    path = _write_case(tmp_path)
-    assert _by_id(k8s.render_python(path)) == _by_id(k8s.render_kubectl(path))
-
-
-def test_component_and_delete(tmp_path: Path) -> None:
+@pytest.mark.parametrize("check", CHECKS)
+def test_component_and_delete(tmp_path: Path, check: str) -> None:
     base = tmp_path / "base"
     comp = tmp_path / "comp"
     top = tmp_path / "top"
@@ -186,18 +210,21 @@ def test_component_and_delete(tmp_path: Path) -> None:
         "patches: [{path: del.yaml}]\n"
     )
     (top / "kustomization.yaml").write_text("resources: [../base]\ncomponents: [../comp]\n")
-    assert [o["metadata"]["name"] for o in kl.build(top)] == ["b"]
-    if k8s.kubectl():
-        assert k8s.render_kubectl(top) == kl.build(top)
+    build = k8s.declared_objects if check == "structure" else k8s.kustomize_build
+    assert [o["metadata"]["name"] for o in build(top)] == ["b"]
     (top / "kustomization.yaml").write_text("resources: [../comp]\n")
-    with pytest.raises(kl.KustomizeError, match="expected Kustomization"):
-        kl.build(top)
+    if check == "structure":
+        problems = k8s.kustomization_problems(top)
+        assert any("kind Component, expected Kustomization" in p for p in problems), problems
+    else:
+        with pytest.raises(k8s.KustomizeError, match="expected kind != 'Component'"):
+            k8s.kustomize_build(top)
 
 
 def test_copy_of_the_tree_renders_like_the_original(tmp_path: Path) -> None:
     """The broken-manifest tests edit a copy; make sure a copy is a faithful stand-in."""
     copy = tmp_path / "k8s"
     shutil.copytree(k8s.K8S, copy)
-    assert k8s.render_python(copy / "overlays" / "prod") == k8s.render_python(
+    assert k8s.kustomize_build(copy / "overlays" / "prod") == k8s.kustomize_build(
         k8s.K8S / "overlays" / "prod"
     )

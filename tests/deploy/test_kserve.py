@@ -16,13 +16,9 @@ import yaml
 
 from tests.deploy import k8s_checks as k8s
 from tests.deploy import kserve_checks as ks
-from tests.deploy import kustomize_lite as kl
 
 COMPONENT = "../../components/kserve"
 PROD_IMAGE = "registry.example.com/gati/gati-inference:0.1.0"
-RENDERERS = {"python": k8s.render_python}
-if k8s.kubectl():
-    RENDERERS["kubectl"] = k8s.render_kubectl
 
 
 @pytest.fixture
@@ -61,12 +57,9 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-@pytest.mark.parametrize("renderer", sorted(RENDERERS))
 @pytest.mark.parametrize("overlay", ["kserve-base", "kserve"])
-def test_everything_but_the_kserve_objects_validates_strictly(
-    tree: Path, overlay: str, renderer: str
-) -> None:
-    objs = RENDERERS[renderer](tree / "overlays" / overlay)
+def test_everything_but_the_kserve_objects_validates_strictly(tree: Path, overlay: str) -> None:
+    objs = _render(tree, overlay)
     assert sorted(k8s.describe(o) for o in objs if k8s.group_of(o) == ks.GROUP) == [
         "InferenceService/gati-inference",
         "ServingRuntime/gati-inference",
@@ -74,15 +67,6 @@ def test_everything_but_the_kserve_objects_validates_strictly(
     errors = k8s.validate(objs)
     assert len(errors) == 2 and all("no schema" in e for e in errors), errors
     assert k8s.validate(objs, custom_groups={ks.GROUP}) == []
-
-
-@pytest.mark.skipif(k8s.kubectl() is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("overlay", ["kserve-base", "kserve"])
-def test_renderers_agree(tree: Path, overlay: str) -> None:
-    path = tree / "overlays" / overlay
-    ours = {kl.object_id(o): o for o in k8s.render_python(path)}
-    theirs = {kl.object_id(o): o for o in k8s.render_kubectl(path)}
-    assert ours == theirs
 
 
 @pytest.mark.parametrize("overlay", ["kserve-base", "kserve"])
@@ -116,7 +100,7 @@ def test_on_prod_the_runtime_gets_the_registry_image(tree: Path) -> None:
 
 
 def test_ports_are_the_open_inference_protocols() -> None:
-    objs = kl.build(k8s.K8S / "base")
+    objs = k8s.render(k8s.K8S / "base")
     runtime = yaml.safe_load(
         (k8s.K8S / "components" / "kserve" / "servingruntime.yaml").read_text()
     )

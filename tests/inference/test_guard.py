@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.inference.cache_client import ActivePlan
 from services.inference.guard import LiveGuard, wilson_upper
 from services.inference.metrics import InferenceMetrics
+from services.inference.plan import ActivePlan
 
 PLAN = ActivePlan("m", 1, {2: ("early", "pool1"), 5: ("late", "pool2")})
 

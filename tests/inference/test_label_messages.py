@@ -24,7 +24,7 @@ from gati.api import cache_pb2, cache_pb2_grpc
 from gati.data import load_npz
 from gati.models import StagedModel, load_model
 from services.inference.cache_client import CacheClient
-from services.inference.engine import Engine, ServedModel
+from services.inference.engine import Engine
 from services.inference.handoff import (
     CONSUMED,
     LABELS,
@@ -33,7 +33,9 @@ from services.inference.handoff import (
     REPLIED,
     Frame,
 )
+from services.inference.learned import LearnedCaches
 from services.inference.metrics import InferenceMetrics
+from services.inference.served import ServedModel
 from services.inference.shadow import ShadowRunner
 
 MODEL = "cifar"
@@ -135,7 +137,9 @@ class Stack:
         )
         self.shadow = ShadowRunner(1.0, 4, self.metrics) if shadow else None
         self.engine = Engine(
-            {MODEL: ServedModel(MODEL, model)}, self.metrics, cache=self.client, shadow=self.shadow
+            {MODEL: ServedModel(MODEL, model)},
+            self.metrics,
+            cache=LearnedCaches(self.client, shadow=self.shadow),
         )
         _poll(lambda: self.client.plan(MODEL) is not None, "a plan with an active layer")
 
@@ -225,7 +229,7 @@ def test_labels_are_dropped_and_counted_when_the_relay_is_gone(
     stack: Stack, images: np.ndarray, base_labels: np.ndarray
 ) -> None:
     rows, labels = np.arange(2, dtype=np.int32), base_labels[:2].astype(np.int32)
-    relay = stack.client._relay
+    relay = stack.client.relay.process
     assert relay is not None
     relay.kill()
     relay.wait()
@@ -239,7 +243,7 @@ def test_labels_are_dropped_and_counted_when_the_relay_is_gone(
     # the restarted relay carries label messages again (the dead one's CONNECTED is stale
     # until the supervisor notices, so wait for the new process to connect)
     _poll(
-        lambda: stack.client._relay is not relay and stack.client.connected,
+        lambda: stack.client.relay.process is not relay and stack.client.connected,
         "a new relay connected",
     )
     stack.engine.infer(MODEL, images[:2], request_id="after-restart")

@@ -19,9 +19,10 @@ from gati import names
 from gati.models import StagedModel, load_model
 from gati.probes.fitting.synthetic import random_bundle
 from services.inference.config import InferenceConfig
-from services.inference.engine import RecordJob, RowRecord, ServedModel
 from services.inference.metrics import InferenceMetrics
+from services.inference.record_jobs import RecordJob, RowRecord
 from services.inference.recorder import Recorder
+from services.inference.served import ServedModel
 from services.inference.shadow import ShadowRunner
 from tests.integration.inprocess import MODEL, in_process_stack
 from tests.liveness_checks import freshness_line, health, sample, status_row, wait_for
@@ -64,9 +65,9 @@ def test_plan_loop_goes_on_after_an_error_and_its_death_turns_health_off(
         def broken() -> None:
             raise ValueError("a plan reply this client cannot read")
 
-        client.refresh_plans = broken  # type: ignore[method-assign]
+        client.plans.refresh = broken  # type: ignore[method-assign]
         wait_for(lambda: errors(metrics, "cache-plan") >= 2, "two failed refreshes counted")
-        del client.refresh_plans  # the real one again: the same thread picks it up
+        del client.plans.refresh  # the real one again: the same thread picks it up
         assert store.publish(bundle_for(served, seed=2), model=MODEL) == 2
         wait_for(lambda: getattr(client.plan(MODEL), "version", 0) == 2, "the next plan")
         assert alive(metrics, "cache-plan") == 1.0
@@ -75,7 +76,7 @@ def test_plan_loop_goes_on_after_an_error_and_its_death_turns_health_off(
         def exits() -> None:
             raise SystemExit  # ends a thread without a word: what the liveness watcher is for
 
-        client.refresh_plans = exits  # type: ignore[method-assign]
+        client.plans.refresh = exits  # type: ignore[method-assign]
         wait_for(lambda: health(server.port, names.HEALTH_INFERENCE) == "NOT_SERVING", "health off")
         assert alive(metrics, "cache-plan") == 0.0
         assert alive(metrics, "cache-relay") == 1.0

@@ -25,7 +25,7 @@ from services.inference.server import InferenceServer
 from tests.cache.helpers import make_bundle, wait_until
 from tests.integration.inprocess import MODEL, in_process_stack
 
-CLIENT_LOG = "services.inference.cache_client"
+CLIENT_LOG = "services.inference.plan_feed"
 
 
 def gauge(server: InferenceServer, name: str, **labels: str) -> float | None:
@@ -65,7 +65,7 @@ def test_a_model_without_a_bundle_is_warned_about_with_the_names_held(stack, cap
     (warning,) = warnings_for(caplog, MODEL)
     assert "has no bundle for this name (it holds bundles for: resnet20)" in warning
     assert f"--model {MODEL}" in warning
-    assert server.cache.missing() == {MODEL: ("resnet20",)}
+    assert server.cache.plans.missing() == {MODEL: ("resnet20",)}
     assert gauge(server, "gati_inference_bundle_missing", model=MODEL) == 1
     assert gauge(server, "gati_inference_cache_holds", model=MODEL, held="resnet20") == 1
 
@@ -87,7 +87,7 @@ def test_a_model_without_a_bundle_is_warned_about_with_the_names_held(stack, cap
         random_bundle({"layer1.1": ("linear", 16)}, model_id=MODEL, fingerprint=fingerprint),
     )
     wait_until(lambda: gauge(server, "gati_inference_bundle_missing", model=MODEL) == 0, 10)
-    assert server.cache.missing() == {}
+    assert server.cache.plans.missing() == {}
     assert gauge(server, "gati_inference_cache_holds", model=MODEL, held="resnet20") is None
     assert any("now has a bundle for this name" in r.getMessage() for r in caplog.records)
     assert len(warnings_for(caplog, MODEL)) == 2

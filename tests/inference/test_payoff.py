@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.inference.cache_client import ActivePlan
 from services.inference.metrics import InferenceMetrics
 from services.inference.payoff import PayoffGuard
+from services.inference.plan import ActivePlan
 
 PLAN = ActivePlan("m", 1, {2: ("early", "pool1"), 20: ("late", "pool4")})
 

@@ -7,7 +7,7 @@ import pytest
 
 from gati.api import cache_pb2
 from gati.models.resnet_cifar import build_resnet
-from services.inference.cache_client import check_plan
+from services.inference.plan import check_plan
 
 MODEL = build_resnet("resnet20")
 CHANNELS = {cut: shape[0] for cut, shape in MODEL.cut_shapes().items()}

@@ -22,7 +22,8 @@ from gati import names
 from gati.api import grpc_service_pb2 as pb
 from gati.models import load_model
 from launch.ports import free_port
-from launch.processes import ManagedProcess, gati_argv, wait_for_health
+from launch.processes import serve
+from launch.topology import Inference, Model
 from tests.inference.helpers import infer_request, inference_stub, output
 
 CHECK = Path(__file__).with_name("stock_clients_check.py")
@@ -53,14 +54,12 @@ def served(
     npz = tmp / "images.npz"
     np.savez(npz, x=x)
     grpc_port, http_port = free_port(), free_port()
-    argv = gati_argv(
-        "serve", "inference", "--port", str(grpc_port), "--http-port", str(http_port),
-        "--metrics-port", "-1", "--model", "cifar", "--arch", "resnet20",
-        "--weights", str(resnet20_weights), "--max-message-bytes", str(MAX_BODY),
+    service = Inference(
+        port=grpc_port, http_port=http_port, model=Model("cifar", "resnet20", resnet20_weights),
+        extra=("--max-message-bytes", str(MAX_BODY)),
     )  # fmt: skip
-    server = ManagedProcess("inference", argv, tmp / "inference.log").start()
+    server = serve(service, tmp / "inference.log", 120)
     try:
-        wait_for_health(f"127.0.0.1:{grpc_port}", names.HEALTH_INFERENCE, 120, server.proc)
         yield Served(grpc_port, http_port, x, npz)
     finally:
         server.stop()

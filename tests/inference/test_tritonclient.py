@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gati import names
 from gati.models import load_model
 from launch.ports import free_port
-from launch.processes import ManagedProcess, gati_argv, wait_for_health
+from launch.processes import serve
+from launch.topology import Inference, Model
 
 CHECK = Path(__file__).with_name("triton_client_check.py")
 
@@ -23,28 +23,9 @@ def test_tritonclient_talks_to_gati(tmp_path: Path, resnet20_weights: Path, asse
     npz = tmp_path / "images.npz"
     np.savez(npz, x=x)
     port = free_port()
-    server = ManagedProcess(
-        "inference",
-        gati_argv(
-            "serve",
-            "inference",
-            "--port",
-            str(port),
-            "--model",
-            "cifar",
-            "--arch",
-            "resnet20",
-            "--weights",
-            str(resnet20_weights),
-            "--metrics-port",
-            "-1",
-            "--http-port",
-            "-1",
-        ),
-        tmp_path / "inference.log",
-    ).start()
+    service = Inference(port=port, model=Model("cifar", "resnet20", resnet20_weights))
+    server = serve(service, tmp_path / "inference.log", 120)
     try:
-        wait_for_health(f"127.0.0.1:{port}", names.HEALTH_INFERENCE, 120, server.proc)
         run = subprocess.run(
             [sys.executable, str(CHECK), f"127.0.0.1:{port}", "cifar", str(npz)],
             capture_output=True,

@@ -11,7 +11,14 @@ import pytest
 import safetensors.numpy as stnp
 
 from gati.probes.fitting.synthetic import random_bundle
-from gati.probes.serving.bundle import MAGIC, Bundle, BundleError
+from gati.probes.serving.bundle import (
+    MAGIC,
+    Bundle,
+    BundleError,
+    ChecksumError,
+    LayerError,
+    VersionError,
+)
 
 LAYERS = {"layer1.0": ("linear", 16), "layer2.1": ("mlp", 32), "layer3.2": ("conv", 64)}
 FP = "ab" * 16
@@ -117,6 +124,21 @@ def test_type_confused_manifest_is_a_bundle_error(change, message: str) -> None:
     change(manifest)
     with pytest.raises(BundleError, match=message):
         Bundle.from_bytes(Bundle._sealed(manifest, dict(b.tensors)).to_bytes())
+
+
+def test_the_error_type_names_the_check_that_failed() -> None:
+    """The cache service counts refusals by these types, never by their messages' text."""
+    b = _bundle()
+    manifest, tensors = _split(b.to_bytes())
+    manifest["layers"][0]["threshold"] = 0.01
+    with pytest.raises(ChecksumError):
+        Bundle.from_bytes(_join(manifest, tensors))
+    broken = copy.deepcopy(b.manifest)
+    broken["layers"][0].update(tensors=[])
+    with pytest.raises(LayerError):
+        Bundle.from_bytes(Bundle._sealed(broken, dict(b.tensors)).to_bytes())
+    with pytest.raises(VersionError):
+        b.with_version(-1)
 
 
 def test_wrong_shape_refused() -> None:

@@ -75,13 +75,13 @@ def test_fit_produces_a_calibrated_valid_bundle(fitted: Bundle) -> None:
 def test_held_out_agreement_and_speedup(fitted: Bundle) -> None:
     acts, logits = records(4000, 1)
     r = evaluate_bundle(fitted, acts, logits, cost=COST, lookup_ms={c: 0.02 for c in CUTS})
-    c = r["cascade"]
+    c = r.cascade
     # calibrated on ~500 rows at exactly 0.99: held out within a few standard errors
-    assert c["agreement"] >= 0.99 - 0.01
-    assert c["speedup_expected"] > 1.3
-    assert r["oracle"]["speedup"] >= c["speedup_expected"]
-    assert len(r["windows"]) == 4 and r["windows"][0]["requests"] == 1000
-    assert sum(layer["hit_rate"] for layer in r["layers"]) == pytest.approx(c["hit_rate"])
+    assert c.agreement >= 0.99 - 0.01
+    assert c.speedup_expected > 1.3
+    assert r.oracle.speedup >= c.speedup_expected
+    assert len(r.windows) == 4 and r.windows[0].requests == 1000
+    assert sum(layer.hit_rate for layer in r.layers) == pytest.approx(c.hit_rate)
 
 
 def test_no_caches_when_lookups_are_too_dear() -> None:
@@ -90,7 +90,7 @@ def test_no_caches_when_lookups_are_too_dear() -> None:
     b = fit(acts, logits, lookup_ms=dear)
     assert b.plan == []
     r = evaluate_bundle(b, acts, logits, cost=COST)
-    assert r["cascade"]["speedup_expected"] == 1.0 and r["cascade"]["agreement"] == 1.0
+    assert r.cascade.speedup_expected == 1.0 and r.cascade.agreement == 1.0
 
 
 def test_warm_start_reuses_previous_weights(fitted: Bundle) -> None:
@@ -204,6 +204,6 @@ def test_familiarity_gate_keeps_new_images_out() -> None:
     acts2, logits2 = recurring(nxt, 2)
     new = nxt >= 100
     r = evaluate_bundle(b, acts2, logits2, cost=COST, seen=~new)
-    assert r["seen"]["seen"]["hit_rate"] > 0.5  # (images held out of training do not hit)
-    assert r["seen"]["unseen"]["hit_rate"] == 0.0
-    assert r["cascade"]["agreement"] >= 0.99
+    assert r.seen["seen"].hit_rate > 0.5  # (images held out of training do not hit)
+    assert r.seen["unseen"].hit_rate == 0.0
+    assert r.cascade.agreement >= 0.99

@@ -18,9 +18,11 @@ from launch.ports import free_port
 from launch.processes import start_tansu
 from services.common.kafka import TopicMissing, ensure_topic
 from services.inference.config import InferenceConfig
-from services.inference.engine import Engine, RecordJob, RowRecord, ServedModel
+from services.inference.engine import Engine
 from services.inference.metrics import InferenceMetrics
+from services.inference.record_jobs import RecordJob, RowRecord
 from services.inference.recorder import Recorder
+from services.inference.served import ServedModel
 
 
 def _config(bootstrap: str, topic: str, **kw: object) -> InferenceConfig:

@@ -30,14 +30,13 @@ import grpc
 import numpy as np
 
 from bench.stack import Stack, request, wait_for_bundle
-from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.api import grpc_service_pb2 as pb
 from gati.api import grpc_service_pb2_grpc as pb_grpc
 from gati.probes.fitting.synthetic import random_bundle
 from gati.probes.serving.reductions import grid
 from gati.store import BundleStore
-from launch.processes import ManagedProcess, wait_for_health, wait_for_port
+from launch.processes import ManagedProcess, wait_for_port, wait_serving
 from tests.reliability.figures import Figures
 from tests.reliability.load import CHANNEL_OPTIONS, Load
 from tests.reliability.observe import Samples, rss, scrape, serving
@@ -61,11 +60,6 @@ TRAINER_ARGS = (
     "--retrain-seconds", "1e9",
     "--topic-check-seconds", "2",
 )  # fmt: skip
-HEALTH = {
-    "inference": names.HEALTH_INFERENCE,
-    "cache": names.HEALTH_CACHE,
-    "trainer": names.HEALTH_TRAINER,
-}
 SERVICES = ("inference", "cache", "trainer")
 RESTART_TIMEOUT = 120  # a torch process starting on two saturated cores
 
@@ -88,7 +82,8 @@ class Rig:
         return scrape(self.proc(name))
 
     def healthy(self, name: str) -> bool:
-        return serving(f"127.0.0.1:{_port(self.proc(name))}", HEALTH[name])
+        service = self.stack.services[name]
+        return serving(service.address, service.health)
 
     # --- bundles -------------------------------------------------------------------------------
     def publish(self, seed: int, layers: dict[str, tuple[str, int]] = LAYERS) -> int:
@@ -137,11 +132,9 @@ class Rig:
         assert not proc.alive(), f"{name} is still running"
         start = time.monotonic()
         proc.start()
-        if name in HEALTH:
+        if name in self.stack.services:
             try:
-                wait_for_health(
-                    f"127.0.0.1:{_port(proc)}", HEALTH[name], RESTART_TIMEOUT, proc.proc
-                )
+                wait_serving(self.stack.services[name], proc, RESTART_TIMEOUT)
             except Exception as exc:
                 raise RuntimeError(f"{name} did not come back:\n{proc.log_tail()}") from exc
         else:  # redis, kafka

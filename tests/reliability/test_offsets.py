@@ -21,15 +21,10 @@ import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
-from gati import names, records
+from gati import records
 from launch.ports import free_port
-from launch.processes import (
-    ManagedProcess,
-    gati_argv,
-    start_redis,
-    start_tansu,
-    wait_for_health,
-)
+from launch.processes import ManagedProcess, start_redis, start_tansu, wait_for_health
+from launch.topology import Model, Trainer
 from services.common.kafka import ensure_topic
 from tests.reliability.figures import Figures
 from tests.reliability.load import wait_until
@@ -94,15 +89,15 @@ def servers(tmp_path: Path, resnet20_weights: Path) -> Iterator[dict[str, Manage
         procs["kafka"] = start_tansu(kafka_port, tmp_path)
         procs["redis"] = start_redis(redis_port, tmp_path)
         ensure_topic(f"127.0.0.1:{kafka_port}", TOPIC)
-        argv = gati_argv(
-            "serve", "trainer", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-            "--kafka-bootstrap", f"127.0.0.1:{kafka_port}", "--records-topic", TOPIC,
-            "--group-id", GROUP, "--redis-url", f"redis://127.0.0.1:{redis_port}/0",
-            "--model", MODEL, "--arch", "resnet20", "--weights", str(resnet20_weights),
-            "--window-records", str(2 * K), "--min-records", str(2 * K),
-            "--retrain-every", "1000000000", "--retrain-seconds", "1e9",
+        trainer = Trainer(
+            port=port, metrics_port=0, model=Model(MODEL, "resnet20", resnet20_weights),
+            kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            extra=("--records-topic", TOPIC, "--group-id", GROUP,
+                   "--window-records", str(2 * K), "--min-records", str(2 * K),
+                   "--retrain-every", "1000000000", "--retrain-seconds", "1e9"),
         )  # fmt: skip
-        procs["trainer"] = ManagedProcess("trainer", argv, tmp_path / "trainer.log")
+        procs["trainer"] = ManagedProcess(trainer.name, trainer.argv(), tmp_path / "trainer.log")
         yield procs
     finally:
         for proc in reversed(procs.values()):
@@ -114,7 +109,7 @@ def _start(trainer: ManagedProcess) -> float:
     trainer.start()
     port = trainer.argv[trainer.argv.index("--port") + 1]
     try:
-        wait_for_health(f"127.0.0.1:{port}", names.HEALTH_TRAINER, 120, trainer.proc)
+        wait_for_health(f"127.0.0.1:{port}", Trainer.health, 120, trainer.proc)
     except Exception as exc:
         raise RuntimeError(f"trainer did not start:\n{trainer.log_tail()}") from exc
     return time.monotonic() - start

@@ -29,9 +29,10 @@ from gati.probes.serving.bundle import Bundle
 from gati.store import BundleStore
 from gati.workloads import make_stream
 from services.inference.config import InferenceConfig
-from services.inference.engine import Engine, ServedModel
+from services.inference.engine import Engine
 from services.inference.metrics import InferenceMetrics
 from services.inference.recorder import Recorder
+from services.inference.served import ServedModel
 from services.trainer.config import TrainerConfig
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.server import build_loop
@@ -168,14 +169,14 @@ def test_bootstrap_from_no_bundle_through_kafka_publishes_probes_that_hit(
     report = evaluate_bundle(
         bundle, {c: a[later] for c, a in acts.items()}, logits[later], cost=cost
     )
-    cascade = report["cascade"]
+    cascade = report.cascade
     print(
         f"bootstrap bundle on the next 600 requests: plan {bundle.plan}, hit rate "
-        f"{cascade['hit_rate']:.3f}, agreement {cascade['agreement']:.4f}, "
-        f"speedup {cascade['speedup_expected']:.2f}x; round {result.seconds:.1f}s"
+        f"{cascade.hit_rate:.3f}, agreement {cascade.agreement:.4f}, "
+        f"speedup {cascade.speedup_expected:.2f}x; round {result.seconds:.1f}s"
     )
-    assert cascade["hit_rate"] >= 0.2
-    assert cascade["agreement"] >= 0.95
+    assert cascade.hit_rate >= 0.2
+    assert cascade.agreement >= 0.95
 
 
 def test_a_candidate_that_is_not_better_is_not_published(

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from kafka import KafkaProducer
 
-from gati import names, records
+from gati import records
 from launch.ports import free_port
-from launch.processes import ManagedProcess, gati_argv, wait_for_health
+from launch.processes import start_service, wait_serving
+from launch.topology import Model, Trainer
 
 
 def _produce(bootstrap: str, topic: str, ids: range, model: str = "m") -> None:
@@ -59,17 +60,16 @@ def test_trainer_process_serves_health_and_resumes_from_committed_offsets(
 ) -> None:
     topic, group = f"acts-{uuid.uuid4().hex[:8]}", f"trainer-{uuid.uuid4().hex[:8]}"
     port, metrics_port = free_port(), free_port()
-    argv = gati_argv(
-        "serve", "trainer", "--host", "127.0.0.1", "--port", str(port),
-        "--metrics-port", str(metrics_port), "--model", "m", "--arch", "resnet20",
-        "--weights", str(resnet20_weights), "--kafka-bootstrap", kafka_bootstrap,
-        "--records-topic", topic, "--group-id", group, "--redis-url", redis_url,
-        "--min-records", "4000", "--window-records", "4000",
+    trainer = Trainer(
+        port=port, metrics_port=metrics_port, model=Model("m", "resnet20", resnet20_weights),
+        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
+        extra=("--records-topic", topic, "--group-id", group,
+               "--min-records", "4000", "--window-records", "4000"),
     )  # fmt: skip
     _produce(kafka_bootstrap, topic, range(40))
-    first = ManagedProcess("trainer", argv, tmp_path / "trainer1.log").start()
+    first = start_service(trainer, tmp_path / "trainer1.log")
     try:
-        wait_for_health(f"127.0.0.1:{port}", names.HEALTH_TRAINER, timeout=120, proc=first.proc)
+        wait_serving(trainer, first, timeout=120)
         consumed = 'outcome="labelled"'
         name = "gati_trainer_records_consumed_total"
         assert _wait_metric(metrics_port, name, consumed, 40) == 40, first.log_tail()
@@ -82,9 +82,9 @@ def test_trainer_process_serves_health_and_resumes_from_committed_offsets(
 
     _produce(kafka_bootstrap, topic, range(40, 65), model="other")  # another model's records
     _produce(kafka_bootstrap, topic, range(65, 75))
-    second = ManagedProcess("trainer", argv, tmp_path / "trainer2.log").start()
+    second = start_service(trainer, tmp_path / "trainer2.log")
     try:
-        wait_for_health(f"127.0.0.1:{port}", names.HEALTH_TRAINER, timeout=120, proc=second.proc)
+        wait_serving(trainer, second, timeout=120)
         # Only what came after the commit: 10 labelled, 25 of another model, 2 malformed.
         assert _wait_metric(metrics_port, name, 'outcome="other_model"', 25, timeout=90) == 25
         assert _wait_metric(metrics_port, name, consumed, 10) == 10, second.log_tail()

@@ -14,8 +14,10 @@ row carrying its `RowState`, a row leaving at its first hit. Reported:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
 
@@ -28,23 +30,113 @@ from gati.probes.serving.variants import Predictor
 SOURCE = "pool4"
 
 
-def _stats(
-    served: np.ndarray,
-    base: np.ndarray,
-    exits: np.ndarray,
-    lat: np.ndarray,
-    full_ms: float,
-    labels: np.ndarray | None,
-) -> dict[str, float | int | None]:
-    n = len(served)
-    return {
-        "requests": int(n),
-        "agreement": float((served == base).mean()) if n else None,
-        "hit_rate": float((exits >= 0).mean()) if n else None,
-        "top1": float((served == labels).mean()) if labels is not None and n else None,
-        "expected_ms": float(lat.mean()) if n else None,
-        "speedup_expected": float(full_ms / lat.mean()) if n else None,
-    }
+@dataclass(frozen=True)
+class Stats:
+    """What the cascade did on some requests (None where there were none, or no labels)."""
+
+    requests: int
+    agreement: float | None
+    hit_rate: float | None
+    top1: float | None
+    expected_ms: float | None
+    speedup_expected: float | None
+
+    @classmethod
+    def of(
+        cls,
+        served: np.ndarray,
+        base: np.ndarray,
+        exits: np.ndarray,
+        lat: np.ndarray,
+        full_model_ms: float,
+        labels: np.ndarray | None,
+        **extra: Any,
+    ) -> Self:
+        n = len(served)
+        return cls(
+            requests=int(n),
+            agreement=float((served == base).mean()) if n else None,
+            hit_rate=float((exits >= 0).mean()) if n else None,
+            top1=float((served == labels).mean()) if labels is not None and n else None,
+            expected_ms=float(lat.mean()) if n else None,
+            speedup_expected=float(full_model_ms / lat.mean()) if n else None,
+            **extra,
+        )
+
+
+@dataclass(frozen=True)
+class Cascade(Stats):
+    """Over every request, with the base model's own top-1 and the worst full window."""
+
+    base_top1: float | None
+    full_ms: float
+    worst_window_agreement: float | None
+
+
+@dataclass(frozen=True)
+class Window(Stats):
+    start: int  # first request of the window
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One active probe: how often it answered, how well, at what cost."""
+
+    layer: str
+    variant: str
+    reduction: str
+    selector: str | None
+    threshold: float | None
+    hit_rate: float
+    agreement_among_hits: float | None
+    probe_agreement: float | None  # the probe alone, on every request
+    lookup_ms: float
+    param_bytes: int | None
+    memory_bytes: int | None
+
+
+@dataclass(frozen=True)
+class CandidateReport:
+    """One inactive probe the bundle carries, alone on every request."""
+
+    layer: str
+    variant: str
+    probe_agreement: float
+    lookup_ms: float | None
+    param_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """Exit at the earliest cut whose probe agrees with the base model, no lookup cost."""
+
+    speedup: float
+    hit_rate: float
+    over: str = "plan"
+    speedup_all_candidates: float | None = None  # None: the bundle carries no candidates
+    hit_rate_all_candidates: float | None = None
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """What `evaluate_bundle` measured; `to_dict` is its JSON form."""
+
+    bundle: dict[str, Any]  # model, version, fingerprint, checksum, plan
+    cost_model: dict[str, Any]  # CostModel.describe()
+    cascade: Cascade
+    oracle: Oracle
+    layers: tuple[LayerReport, ...]
+    candidates: tuple[CandidateReport, ...]
+    windows: tuple[Window, ...]
+    seen: dict[str, Stats] | None = None  # "seen" / "unseen" images, when told which
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["oracle"] = {k: v for k, v in out["oracle"].items() if v is not None}
+        out["windows"] = [{"start": w["start"], **w} for w in out["windows"]]
+        if self.seen is None:
+            del out["seen"]
+        return out
 
 
 def evaluate_bundle(
@@ -58,7 +150,7 @@ def evaluate_bundle(
     window: int = 1000,
     lookup_ms: Mapping[str, float] | None = None,
     measure: bool = False,
-) -> dict[str, Any]:
+) -> BundleReport:
     """acts: cut -> [N, C*16] pool4 records; base_logits [N, K]; labels [N] ground truth;
     seen [N] bool: the request's image was in the fitting window (reported separately).
     Lookup costs: `lookup_ms` (cut -> ms), else measured here when `measure`, else the
@@ -70,7 +162,8 @@ def evaluate_bundle(
     exits = np.full(n, -1)
     remaining = np.arange(n)
     states = [rt.new_state() for _ in range(n)]
-    layer_rows = []
+    layer_rows: list[LayerReport] = []
+    answers: list[tuple[str, np.ndarray]] = []  # (layer, each probe's own answer)
     costs = []
     for i, entry in enumerate(bundle.layers):
         layer, red, ch = entry["layer"], entry["reduction"], int(entry["channels"])
@@ -89,81 +182,86 @@ def evaluate_bundle(
             ms = float(entry.get("lookup_cost_ms", 0.0))
         costs.append(ms)
         alone = Predictor(entry["variant"], ch, bundle.layer_tensors(entry))(x_all).argmax(axis=1)
+        answers.append((layer, alone))
         hits = exits == i
         layer_rows.append(
-            {
-                "layer": layer,
-                "variant": entry["variant"],
-                "reduction": red,
-                "selector": (entry.get("selector") or {}).get("kind"),
-                "threshold": entry.get("threshold"),
-                "hit_rate": float(hits.mean()) if n else 0.0,
-                "agreement_among_hits": float((served[hits] == base[hits]).mean())
+            LayerReport(
+                layer=layer,
+                variant=entry["variant"],
+                reduction=red,
+                selector=(entry.get("selector") or {}).get("kind"),
+                threshold=entry.get("threshold"),
+                hit_rate=float(hits.mean()) if n else 0.0,
+                agreement_among_hits=float((served[hits] == base[hits]).mean())
                 if hits.any()
                 else None,
-                "probe_agreement": float((alone == base).mean()) if n else None,
-                "lookup_ms": ms,
-                "param_bytes": entry.get("param_bytes"),
-                "memory_bytes": entry.get("memory_bytes"),
-                "_alone": alone,
-            }
+                probe_agreement=float((alone == base).mean()) if n else None,
+                lookup_ms=ms,
+                param_bytes=entry.get("param_bytes"),
+                memory_bytes=entry.get("memory_bytes"),
+            )
         )
-    layers = [e["layer"] for e in bundle.layers]
-    lat = cost.latencies(layers, costs, exits)
-    out: dict[str, Any] = {
-        "bundle": {
+    lat = cost.latencies([e["layer"] for e in bundle.layers], costs, exits)
+
+    def stats(cls: type[Stats], rows: slice | np.ndarray, **extra: Any) -> Any:
+        truth = None if labels is None else labels[rows]
+        return cls.of(
+            served[rows], base[rows], exits[rows], lat[rows], cost.full_ms, truth, **extra
+        )
+
+    windows = tuple(
+        stats(Window, slice(s, min(s + window, n)), start=s) for s in range(0, n, window)
+    )
+    full_windows = [w.agreement for w in windows if w.requests == window]
+    cascade = stats(
+        Cascade,
+        slice(None),
+        base_top1=float((base == labels).mean()) if labels is not None else None,
+        full_ms=cost.full_ms,
+        worst_window_agreement=min(full_windows) if full_windows else None,
+    )
+    candidates = _candidate_answers(bundle, acts)
+    seen_stats = None
+    if seen is not None:
+        seen = np.asarray(seen, bool)
+        seen_stats = {"seen": stats(Stats, seen), "unseen": stats(Stats, ~seen)}
+    return BundleReport(
+        bundle={
             "model": bundle.model_id,
             "version": bundle.version,
             "fingerprint": bundle.model_fingerprint,
             "checksum": bundle.checksum,
             "plan": [f"{e['layer']}:{e['variant']}" for e in bundle.layers],
         },
-        "cost_model": cost.describe(),
-        "cascade": _stats(served, base, exits, lat, cost.full_ms, labels),
-    }
-    out["cascade"]["base_top1"] = float((base == labels).mean()) if labels is not None else None
-    out["cascade"]["full_ms"] = cost.full_ms
-    out["oracle"] = _oracle(layer_rows, bundle, acts, base, cost)
-    out["layers"] = [{k: v for k, v in r.items() if k != "_alone"} for r in layer_rows]
-    out["candidates"] = _candidates(bundle, acts, base)
-    windows = []
-    for start in range(0, n, window):
-        sl = slice(start, min(start + window, n))
-        w = _stats(
-            served[sl],
-            base[sl],
-            exits[sl],
-            lat[sl],
-            cost.full_ms,
-            None if labels is None else labels[sl],
-        )
-        windows.append({"start": start, **w})
-    out["windows"] = windows
-    full_windows = [w["agreement"] for w in windows if w["requests"] == window]
-    out["cascade"]["worst_window_agreement"] = min(full_windows) if full_windows else None
-    if seen is not None:
-        seen = np.asarray(seen, bool)
-        out["seen"] = {
-            name: _stats(
-                served[m],
-                base[m],
-                exits[m],
-                lat[m],
-                cost.full_ms,
-                None if labels is None else labels[m],
-            )
-            for name, m in (("seen", seen), ("unseen", ~seen))
-        }
+        cost_model=cost.describe(),
+        cascade=cascade,
+        oracle=_oracle(answers, candidates, base, cost),
+        layers=tuple(layer_rows),
+        candidates=tuple(_candidate_report(e, alone, base) for e, alone in candidates),
+        windows=windows,
+        seen=seen_stats,
+    )
+
+
+def _candidate_answers(
+    bundle: Bundle, acts: Mapping[str, np.ndarray]
+) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Each inactive probe with its own answer on every request."""
+    out = []
+    for entry in bundle.candidates:
+        ch = int(entry["channels"])
+        x = refine(np.asarray(acts[entry["layer"]]), ch, SOURCE, entry["reduction"])
+        predictor = Predictor(entry["variant"], ch, bundle.layer_tensors(entry))
+        out.append((entry, predictor(x).argmax(axis=1)))
     return out
 
 
 def _oracle(
-    layer_rows: list[dict[str, Any]],
-    bundle: Bundle,
-    acts: Mapping[str, np.ndarray],
+    plan: list[tuple[str, np.ndarray]],
+    candidates: list[tuple[dict[str, Any], np.ndarray]],
     base: np.ndarray,
     cost: CostModel,
-) -> dict[str, Any]:
+) -> Oracle:
     """Earliest cut whose probe agrees with the base model, no lookup cost."""
 
     def speedup(answers: list[tuple[str, np.ndarray]]) -> tuple[float, float]:
@@ -172,36 +270,22 @@ def _oracle(
             exit_ms = np.where(alone == base, cost.time_to_cut(layer), exit_ms)
         return float(cost.full_ms / exit_ms.mean()), float((exit_ms < cost.full_ms).mean())
 
-    plan_speedup, plan_hits = speedup([(r["layer"], r["_alone"]) for r in layer_rows])
-    out: dict[str, Any] = {"speedup": plan_speedup, "hit_rate": plan_hits, "over": "plan"}
-    if bundle.candidates:
-        answers = [(r["layer"], r["_alone"]) for r in layer_rows]
-        for entry in bundle.candidates:
-            ch = int(entry["channels"])
-            x = refine(np.asarray(acts[entry["layer"]]), ch, SOURCE, entry["reduction"])
-            answers.append(
-                (
-                    entry["layer"],
-                    Predictor(entry["variant"], ch, bundle.layer_tensors(entry))(x).argmax(1),
-                )
-            )
-        out["speedup_all_candidates"], out["hit_rate_all_candidates"] = speedup(answers)
-    return out
+    over_plan, hits_plan = speedup(plan)
+    if not candidates:
+        return Oracle(over_plan, hits_plan)
+    over_all, hits_all = speedup(plan + [(entry["layer"], alone) for entry, alone in candidates])
+    return Oracle(
+        over_plan, hits_plan, speedup_all_candidates=over_all, hit_rate_all_candidates=hits_all
+    )
 
 
-def _candidates(bundle: Bundle, acts: Mapping[str, np.ndarray], base: np.ndarray) -> list[dict]:
-    rows = []
-    for entry in bundle.candidates:
-        ch = int(entry["channels"])
-        x = refine(np.asarray(acts[entry["layer"]]), ch, SOURCE, entry["reduction"])
-        alone = Predictor(entry["variant"], ch, bundle.layer_tensors(entry))(x).argmax(axis=1)
-        rows.append(
-            {
-                "layer": entry["layer"],
-                "variant": entry["variant"],
-                "probe_agreement": float((alone == base).mean()),
-                "lookup_ms": entry.get("lookup_cost_ms"),
-                "param_bytes": entry.get("param_bytes"),
-            }
-        )
-    return rows
+def _candidate_report(
+    entry: dict[str, Any], alone: np.ndarray, base: np.ndarray
+) -> CandidateReport:
+    return CandidateReport(
+        layer=entry["layer"],
+        variant=entry["variant"],
+        probe_agreement=float((alone == base).mean()),
+        lookup_ms=entry.get("lookup_cost_ms"),
+        param_bytes=entry.get("param_bytes"),
+    )

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gati.config import flag_name, require
+from gati.config import base_type, flag_name, require, setting
 from gati.probes.fitting.calibration import MODES as CALIBRATION_MODES
 from gati.probes.serving.selectors import FIT_SELECTORS
 
@@ -39,11 +38,6 @@ DEFAULT_RTT_MS = 0.6
 DEFAULT_SEND_MS = 0.25
 
 C = TypeVar("C")
-
-
-def setting(default: Any, help_text: str, choices: Sequence[str] | None = None) -> Any:
-    """A field with the help its flag shows (and the choices it accepts, if a fixed set)."""
-    return field(default=default, metadata={"help": help_text, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -258,13 +252,6 @@ def _require_choice(config: object, name: str) -> None:
 
 
 # ---- flags ------------------------------------------------------------------------------------
-def _base_type(hint: Any) -> Any:
-    """`tuple[str, ...] | None` -> tuple, `int` -> int."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_origin(hint) or hint
-
-
 def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -282,7 +269,7 @@ def add_flags(
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        tp = _base_type(hints[f.name])
+        tp = base_type(hints[f.name])
         kw: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"], "default": f.default}
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction

@@ -54,7 +54,20 @@ REQUIRED_LAYER_FIELDS = ("layer", "variant", "reduction", "input_dim", "tensors"
 
 
 class BundleError(ValueError):
-    """A bundle is malformed, corrupt or does not fit the model; the message says which."""
+    """A bundle is malformed, corrupt or does not fit the model; the message says which.
+    The subclasses name the check that failed, for callers that sort refusals."""
+
+
+class ChecksumError(BundleError):
+    """The content does not hash to the checksum its manifest declares."""
+
+
+class VersionError(BundleError):
+    """The version number is not a valid one, or not the one the bundle is stored under."""
+
+
+class LayerError(BundleError):
+    """A layer entry, or the probe it describes, is malformed."""
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -147,7 +160,7 @@ class Bundle:
     def with_version(self, version: int) -> Bundle:
         """The same probes under a new version number (checksum recomputed)."""
         if int(version) < 0:
-            raise BundleError(f"version must be >= 0, got {version}")
+            raise VersionError(f"version must be >= 0, got {version}")
         manifest = copy.deepcopy(self.manifest)
         manifest["version"] = int(version)
         return Bundle._sealed(manifest, self.tensors)
@@ -202,6 +215,17 @@ class Bundle:
         """(layer, reduction) of every active probe, in stage order; empty = no caches."""
         return [(e["layer"], e["reduction"]) for e in self.layers]
 
+    def without_candidates(self) -> Bundle:
+        """The bundle without its inactive candidate probes (what the cache service needs),
+        under the same version; itself when it carries none."""
+        if not self.candidates:
+            return self
+        active = {name for entry in self.layers for name in entry["tensors"]}
+        tensors = {k: v for k, v in self.tensors.items() if k in active}
+        out = Bundle._sealed({**self.manifest, "candidates": []}, tensors)
+        out.verify()
+        return out
+
     def layer_tensors(self, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The tensors one layer entry declares, by their short role name (prefix removed)."""
         prefix = entry.get("prefix", "")
@@ -218,7 +242,7 @@ class Bundle:
         declared = m.get("checksum")
         actual = compute_checksum(m, self.tensors)
         if declared != actual:
-            raise BundleError(
+            raise ChecksumError(
                 f"checksum mismatch: manifest says {declared}, content hashes to {actual}; "
                 "the bundle is corrupt or was modified"
             )
@@ -238,18 +262,18 @@ class Bundle:
         seen_layers: set[str] = set()
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
-                raise BundleError(f"layer entry {i} must be an object")
+                raise LayerError(f"layer entry {i} must be an object")
             absent = [k for k in REQUIRED_LAYER_FIELDS if k not in entry]
             if absent:
-                raise BundleError(f"layer entry {i} lacks fields {absent}")
+                raise LayerError(f"layer entry {i} lacks fields {absent}")
             if i < len(self.manifest["layers"]):
                 if entry["layer"] in seen_layers:
-                    raise BundleError(f"layer {entry['layer']!r} is active twice")
+                    raise LayerError(f"layer {entry['layer']!r} is active twice")
                 seen_layers.add(entry["layer"])
             if not isinstance(entry["tensors"], dict) or not all(
                 isinstance(s, dict) for s in entry["tensors"].values()
             ):
-                raise BundleError(f"layer entry {i}: 'tensors' must map names to specs")
+                raise LayerError(f"layer entry {i}: 'tensors' must map names to specs")
             for name, spec in entry["tensors"].items():
                 declared.add(name)
                 if name not in self.tensors:

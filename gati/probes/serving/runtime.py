@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gati.probes.serving.bundle import Bundle, BundleError
+from gati.probes.serving.bundle import Bundle, LayerError
 from gati.probes.serving.features import (
     CONF_EPS,
     NOVELTY_FEATURES,
@@ -166,7 +166,7 @@ class ProbeRuntime:
             try:
                 probe = LayerProbe(entry, bundle.layer_tensors(entry))
             except (KeyError, ValueError) as exc:
-                raise BundleError(f"layer {entry.get('layer')!r}: {exc}") from None
+                raise LayerError(f"layer {entry.get('layer')!r}: {exc}") from None
             self._probes[probe.layer] = probe
         # (layer, reduction) in stage order: what the inference service sends, where.
         self.layers: list[tuple[str, str]] = bundle.plan
