@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from launch.ports import free_port
-from launch.processes import serve
+from launch.processes import start_healthy
 from launch.topology import Inference, Model
 
 
@@ -70,7 +70,7 @@ def served_inference(
 ) -> Iterator[int]:
     """`gati serve inference` in its own process; yields its gRPC port, stops it after."""
     service = Inference(port=free_port(), model=Model(model, arch, weights), extra=extra)
-    proc = serve(service, log_dir / f"inference-{service.port}.log", timeout)
+    proc = start_healthy(service, log_dir / f"inference-{service.port}.log", timeout)
     try:
         yield service.port
     except Exception:

@@ -183,8 +183,9 @@ def run_benchmark(
         store.close()
         procs.append(start_echo(echo_port, work / "echo.log"))
         cache = Cache(
-            port=cache_port, metrics_port=metrics_port, redis_url=url, log_level="WARNING"
-        )
+            port=cache_port, metrics_port=metrics_port, redis_url=url, host=LOCALHOST,
+            log_level="WARNING",
+        )  # fmt: skip
         procs.append(start_service(cache, work / "cache.log"))
         wait_for_port(LOCALHOST, echo_port, 30, procs[1].proc)
         wait_serving(cache, procs[2], 60)

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,7 +25,7 @@ from gati.api import grpc_service_pb2_grpc as pb_grpc
 from gati.probes.serving.bundle import Bundle
 from gati.store import BundleStore
 from launch.ports import free_port, free_ports
-from launch.processes import ManagedProcess, serve, start_redis, start_tansu
+from launch.processes import ManagedProcess, start_healthy, start_redis, start_tansu
 from launch.topology import Model, Service, Topology, gati_argv, plain
 
 
@@ -37,8 +37,7 @@ class Stack:
     kafka_bootstrap: str | None
     processes: dict[str, ManagedProcess]
     log_dir: Path
-    metrics_ports: dict[str, int] = field(default_factory=dict)
-    services: dict[str, Service] = field(default_factory=dict)  # what each service was given
+    services: dict[str, Service]  # what each service was given: ports, health, flags
 
     def metric(self, service: str, name: str, **labels: str) -> float:
         """One sample from a service's Prometheus endpoint (0 when absent)."""
@@ -50,7 +49,7 @@ class Stack:
 
     def samples(self, service: str, name: str) -> list[tuple[dict[str, str], float]]:
         """Every sample called `name` (labels, value), from one scrape."""
-        url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
+        url = f"http://127.0.0.1:{self.services[service].metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
         return [
             (sample.labels, sample.value)
@@ -177,17 +176,10 @@ def local_stack(
             bootstrap = f"127.0.0.1:{ports['kafka']}"
         services = {s.name: s for s in topology.services(ports, redis_url, bootstrap)}
         for name, service in services.items():
-            procs[name] = serve(service, log_dir / f"{name}.log")
+            procs[name] = start_healthy(service, log_dir / f"{name}.log")
             stop.callback(procs[name].stop)
         yield Stack(
-            ports["inference"],
-            ports.get("cache"),
-            redis_url,
-            bootstrap,
-            procs,
-            log_dir,
-            {name: s.metrics_port for name, s in services.items()},
-            services,
+            ports["inference"], ports.get("cache"), redis_url, bootstrap, procs, log_dir, services
         )
 
 
@@ -201,7 +193,7 @@ def plain_server(
     port."""
     log_dir.mkdir(parents=True, exist_ok=True)
     service = plain(free_port(), Model(model, arch, weights), pin=pin, metrics_port=free_port())
-    proc = serve(service, log_dir / "plain.log")
+    proc = start_healthy(service, log_dir / "plain.log")
     try:
         yield service.port
     finally:

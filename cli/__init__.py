@@ -1,1 +1,1 @@
-"""Library-level `gati` subcommands (each: add_arguments, run)."""
+"""The `gati` command: dispatch (main.py) and the leaves that sit above the services."""

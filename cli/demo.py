@@ -25,6 +25,7 @@ from tqdm import tqdm
 from bench.common import summarize, table
 from bench.stack import request
 from cli.local import down, up
+from cli.local.options import UpOptions
 from gati import names
 from gati.api import grpc_service_pb2_grpc as pb_grpc
 from gati.data import load_dataset
@@ -86,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"computing the base model's answers for {len(stream)} requests (for agreement)...")
     base = base_labels(args.arch, weights, stream.images)
     state = up.start(
-        up.UpOptions(
-            run_dir=run_dir, weights=Path(weights), arch=args.arch, model=MODEL, port_base=0
-        ),
+        UpOptions(run_dir=run_dir, weights=Path(weights), arch=args.arch, model=MODEL, port_base=0),
         sys.stdout,
         sys.stderr,
     )

@@ -14,10 +14,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cli.fit_flags import add_flags, from_flags
 from gati.models import StagedModel
 from gati.probes.fitting.costs import CostModel, measure_stage_ms
-from gati.probes.fitting.fit_config import CostConfig, TrainConfig, add_flags, from_flags
-from gati.probes.fitting.sources import Records, Stream, load_records
+from gati.probes.fitting.fit_config import CostConfig, TrainConfig
+from gati.probes.fitting.rows import Records
+from gati.probes.fitting.sources import Stream, load_records
 from gati.workloads import WORKLOADS
 
 

@@ -80,32 +80,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _f(v: object, fmt: str = "{:.4f}") -> str:
+def _fmt(v: object, fmt: str = "{:.4f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
 def print_report(r: BundleReport, data: str) -> None:
     print(f"data: {data}")
-    print(f"cost model: {r.cost_model['assumes']}; full model {r.cascade.full_ms:.3f} ms")
+    assumes = r.cost_model.describe()["assumes"]
+    print(f"cost model: {assumes}; full model {r.cascade.full_ms:.3f} ms")
     print(
         f"{'layer':<10} {'variant':<7} {'thresh':>7} {'hit':>7} {'agree@hit':>9} "
         f"{'alone':>7} {'ms':>7} {'params KB':>9} {'mem KB':>7}"
     )
     for row in r.layers:
         print(
-            f"{row.layer:<10} {row.variant:<7} {_f(row.threshold, '{:.3f}'):>7} "
-            f"{_f(row.hit_rate):>7} {_f(row.agreement_among_hits):>9} "
-            f"{_f(row.probe_agreement):>7} {_f(row.lookup_ms, '{:.4f}'):>7} "
-            f"{_f((row.param_bytes or 0) / 1024, '{:.1f}'):>9} "
-            f"{_f((row.memory_bytes or 0) / 1024, '{:.1f}'):>7}"
+            f"{row.layer:<10} {row.variant:<7} {_fmt(row.threshold, '{:.3f}'):>7} "
+            f"{_fmt(row.hit_rate):>7} {_fmt(row.agreement_among_hits):>9} "
+            f"{_fmt(row.probe_agreement):>7} {_fmt(row.lookup_ms, '{:.4f}'):>7} "
+            f"{_fmt((row.param_bytes or 0) / 1024, '{:.1f}'):>9} "
+            f"{_fmt((row.memory_bytes or 0) / 1024, '{:.1f}'):>7}"
         )
     if not r.layers:
         print("(empty plan: no caches pay)")
     c, o = r.cascade, r.oracle
     print(
-        f"cascade: agreement {_f(c.agreement)} (worst window "
-        f"{_f(c.worst_window_agreement)}), top-1 {_f(c.top1)} (base {_f(c.base_top1)}),"
-        f" hit rate {_f(c.hit_rate)}, expected {c.expected_ms:.3f} ms, "
+        f"cascade: agreement {_fmt(c.agreement)} (worst window "
+        f"{_fmt(c.worst_window_agreement)}), top-1 {_fmt(c.top1)} (base {_fmt(c.base_top1)}),"
+        f" hit rate {_fmt(c.hit_rate)}, expected {c.expected_ms:.3f} ms, "
         f"speedup {c.speedup_expected:.2f}x"
     )
     extra = (
@@ -117,12 +118,12 @@ def print_report(r: BundleReport, data: str) -> None:
     print(
         "windows: "
         + " ".join(
-            f"{w.start}:{_f(w.agreement, '{:.3f}')}/{_f(w.speedup_expected, '{:.2f}')}x"
+            f"{w.start}:{_fmt(w.agreement, '{:.3f}')}/{_fmt(w.speedup_expected, '{:.2f}')}x"
             for w in r.windows
         )
     )
-    for name, s in (r.seen or {}).items():
+    for name, s in r.seen.by_name() if r.seen is not None else ():
         print(
-            f"{name} images: {s.requests} requests, agreement {_f(s.agreement)}, "
-            f"hit rate {_f(s.hit_rate)}"
+            f"{name} images: {s.requests} requests, agreement {_fmt(s.agreement)}, "
+            f"hit rate {_fmt(s.hit_rate)}"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cli.fit_flags import add_flags, from_flags
 from cli.fit_sources import (
     add_cost_arguments,
     add_source_arguments,
@@ -27,8 +28,8 @@ from cli.fit_sources import (
 from gati.data.augment import mirror, perturbed
 from gati.models import StagedModel, load_model
 from gati.probes.fitting.fit import fit_bundle
-from gati.probes.fitting.fit_config import FitConfig, add_flags, from_flags
-from gati.probes.fitting.sources import Records
+from gati.probes.fitting.fit_config import FitConfig
+from gati.probes.fitting.rows import Records
 from gati.probes.serving.bundle import Bundle
 
 log = logging.getLogger("gati.probes.fitting.fit")

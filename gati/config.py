@@ -70,8 +70,20 @@ def _parse(field: dataclasses.Field, hint: Any, raw: Any) -> Any:
 
 
 def setting(default: Any, help_text: str, choices: Sequence[str] | None = None) -> Any:
-    """A config field with the help its flag shows (and the choices it takes, if a fixed set)."""
+    """A config field with the help its flag shows, and the choices it takes if a fixed set:
+    its flag refuses others (`add_arguments`), and `check_choices` in the class's
+    `__post_init__` refuses them from the environment, a file or code."""
     return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+def check_choices(config: object) -> None:
+    """Raise ConfigError naming the first field whose value is not among its choices (for
+    `__post_init__`: argparse sees only flags, not environment, file or constructor values)."""
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name}: {value!r} invalid; valid: {', '.join(choices)}")
 
 
 def field_default(f: dataclasses.Field) -> Any:
@@ -85,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field (default None, so unset flags fall through to env and file).
 
     A bool field is a plain flag pair, `--name` / `--no-name` (its env and file values are
-    still parsed as true/false)."""
+    still parsed as true/false). A field with choices refuses others at the flag; its help
+    shows the metavar, not the choices."""
     parser.add_argument("--config", help="YAML or JSON file with settings (flags win over it)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -95,6 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kind: dict[str, Any] = (
             {"action": argparse.BooleanOptionalAction} if is_bool else {"metavar": f.name.upper()}
         )
+        if f.metadata.get("choices"):
+            kind["choices"] = f.metadata["choices"]
         parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=help_text, **kind)
 
 

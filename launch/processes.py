@@ -215,7 +215,7 @@ def wait_serving(service: Service, proc: ManagedProcess, timeout: float) -> None
     wait_for_health(service.address, service.health, timeout, proc.proc)
 
 
-def serve(service: Service, log_path: Path, timeout: float = 180.0) -> ManagedProcess:
+def start_healthy(service: Service, log_path: Path, timeout: float = 180.0) -> ManagedProcess:
     """Start `service` and wait until it is SERVING; if it is not, stop it and raise
     RuntimeError with its log tail."""
     proc = start_service(service, log_path)

@@ -3,7 +3,7 @@
 `gati up`, the benchmarks and the tests all start services from these descriptions, so the
 flags that wire processes together (addresses, the model, cores) are spelled here and
 nowhere else; a service's own tuning flags pass through as `extra`. Port numbers come from
-launch/ports.py; starting a description is launch/processes.py's `serve`.
+launch/ports.py; starting a description is launch/processes.py's `start_healthy`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def gati_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.main", *args]
 
 
-def connect_host(host: str) -> str:
-    """Where a client on this machine reaches a server bound to `host`."""
-    return LOCALHOST if host in WILDCARD_HOSTS else host
+def connect_host(host: str | None) -> str:
+    """Where a client on this machine reaches a server bound to `host` (None: the service's
+    default, the wildcard)."""
+    return LOCALHOST if host is None or host in WILDCARD_HOSTS else host
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Service:
 
     port: int
     metrics_port: int = -1  # -1: no metrics endpoint
-    host: str = LOCALHOST
+    host: str | None = None  # None: no --host flag (the service's default, all interfaces)
     cpus: str | None = None  # None: no --cpus flag (the service's default, or GATI_CPUS)
     extra: tuple[str, ...] = ()  # more of the service's own flags, passed last
     name: str = ""  # the process's name (and log file); "" is the kind
@@ -82,9 +83,10 @@ class Service:
 
     def argv(self) -> list[str]:
         log_level = [f"--log-level={self.log_level}"] if self.log_level else []
+        host = [] if self.host is None else ["--host", self.host]
         cpus = [] if self.cpus is None else ["--cpus", self.cpus]
         return gati_argv(
-            *log_level, "serve", self.kind, "--host", self.host, "--port", str(self.port),
+            *log_level, "serve", self.kind, *host, "--port", str(self.port),
             "--metrics-port", str(self.metrics_port), *self.flags(), *cpus, *self.extra,
         )  # fmt: skip
 
@@ -165,7 +167,7 @@ class Topology:
     cache: bool = True
     trainer: bool = True
     records: bool = True  # the inference service sends activation records to Kafka
-    host: str = LOCALHOST  # the services bind here
+    host: str | None = None  # the services bind here (None: their default, all interfaces)
     pin: bool = True  # the model on a core of its own, the rest shared (services/common/cpus.py)
     http: bool = True  # the inference service's REST binding
     variants: str | None = None  # the trainer's probe variants (None: its default)
@@ -200,12 +202,14 @@ class Topology:
         """Each service, in start order (cache, trainer, inference), on `ports`."""
         model_cpus, other_cpus = cores.one_machine_layout() if self.pin else ("", "")
         out: list[Service] = []
+        cache = None
         if self.cache:
             assert redis_url is not None
-            out.append(Cache(
+            cache = Cache(
                 port=ports["cache"], metrics_port=ports["cache_metrics"], redis_url=redis_url,
                 cpus=other_cpus, extra=self.cache_args, host=self.host,
-            ))  # fmt: skip
+            )  # fmt: skip
+            out.append(cache)
         if self.trainer:
             assert redis_url is not None and kafka_bootstrap is not None
             out.append(Trainer(
@@ -216,7 +220,7 @@ class Topology:
         inference = Inference(
             port=ports["inference"], metrics_port=ports["inference_metrics"], model=self.model,
             http_port=ports["inference_http"] if self.http else -1,
-            cache_address=out[0].address if self.cache else None,
+            cache_address=None if cache is None else cache.address,
             kafka_bootstrap=kafka_bootstrap if self.records else None,
             cpus=model_cpus, extra=self.inference_args, host=self.host,
         )  # fmt: skip

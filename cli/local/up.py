@@ -32,7 +32,7 @@ from launch import ports as layout
 from launch.ports import LOCALHOST
 from launch.processes import ManagedProcess, redis_argv, tansu_argv, wait_for_port, wait_serving
 
-__all__ = ["UpOptions", "UsageError", "add_arguments", "options_from_args", "run", "start"]
+__all__ = ["add_arguments", "run", "start"]  # what cli/main.py and cli/demo.py call
 
 LOG_TAIL_LINES = 40
 

@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from services.cache.server import build
-    from services.common.shell import serve
+    from services.common.shell import run_until_signal
 
     config = cfg.load(CacheConfig, args)
     server = build(config)
     banner = f"gati cache service listening on {config.host}:{server.port}"
-    return serve(server, banner, config.drain_seconds)
+    return run_until_signal(server, banner, config.drain_seconds)

@@ -87,6 +87,12 @@ def build(config: CacheConfig) -> CacheServer:
     refresher.guard_health(handle, config.max_sync_age_seconds)  # stale bundles: NOT_SERVING
     bundles = ", ".join(f"{m} v{probes.version(m)}" for m in probes.models()) or "none yet"
     metrics_port = go_live(
-        handle, metrics, config.host, config.metrics_port, "cache service", f", bundles: {bundles}"
+        handle,
+        metrics,
+        config.host,
+        config.metrics_port,
+        "cache service",
+        f", bundles: {bundles}",
+        logger=log,
     )
     return CacheServer(handle, engine, probes, refresher, store, metrics, metrics_port)

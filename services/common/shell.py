@@ -3,9 +3,10 @@
 Each service's `server.build` wires its parts and binds its gRPC port (services.common.
 grpc_server); from there all three do the same: health guarded by the essential threads,
 /metrics served, health SERVING, one start-up log line naming both ports (`go_live`; the
-reliability tests read the ports from it). Each `main.run` then prints where it listens, blocks
-until SIGTERM or SIGINT and stops (`serve`). `Service` is the base of their server objects, so
-stopping reads the same in tests and in production: drain the RPCs, then close the clients.
+reliability tests read the ports from it). Each `main.run` then prints where it listens,
+blocks until SIGTERM or SIGINT and stops (`run_until_signal`). `Service` is the base of their
+server objects, so stopping reads the same in tests and in production: drain the RPCs, then
+close the clients.
 """
 
 from __future__ import annotations
@@ -60,17 +61,20 @@ def go_live(
     metrics_port: int,
     what: str,
     details: str = "",
+    *,
+    logger: logging.Logger = log,
 ) -> int | None:
-    """Guard health with the essential threads, serve /metrics, say SERVING, log the ports;
-    returns the metrics port (None: off)."""
+    """Guard health with the essential threads, serve /metrics, say SERVING, log the ports
+    (on the service's own `logger`, so the line names the service); returns the metrics port
+    (None: off)."""
     metrics.threads.guard(handle)  # a dead essential thread: NOT_SERVING
     bound = serve_metrics(metrics.registry, host, metrics_port)
     handle.set_serving(True)
-    log.info("%s on port %d (metrics %s)%s", what, handle.port, bound, details)
+    logger.info("%s on port %d (metrics %s)%s", what, handle.port, bound, details)
     return bound
 
 
-def serve(service: Service, banner: str, grace: float) -> int:
+def run_until_signal(service: Service, banner: str, grace: float) -> int:
     """Print `banner`, block until SIGTERM or SIGINT (main thread only), stop within `grace`;
     the exit status."""
     print(banner, flush=True)

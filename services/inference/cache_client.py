@@ -14,7 +14,6 @@ other than the plan's.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +25,7 @@ from gati.models import StagedModel
 from gati.probes.serving.reductions import grid, reduce
 from services.inference.handoff import (
     CONNECTED,
-    CONSUMED,
     ERROR_FLAG,
-    LABELS,
-    LOOKUP,
     MAX_REQUEST_ID_BYTES,
     NCHW,
     NHWC,
@@ -142,8 +138,6 @@ class CacheClient:
         self._model_index = {name: i for i, name in enumerate(models)}
         self._metrics = metrics
         self._max_rows = min(max_rows, Frame.max_rows())
-        self._label_rows = Frame.max_rows(LABELS)  # a label message of more rows is split
-        self._labels_sent = {name: metrics.labels_sent.labels(name) for name in models}
         self.handoff = Handoff.create(slots, self._max_rows, arena_slots, arena_slot_bytes)
         self._routes: dict[tuple[str, int, str, int], _Route] = {}
         self.relay = RelayProcess(
@@ -189,32 +183,21 @@ class CacheClient:
             route = self._route(model, layer, stage, reduction, activation)
             if route is None:
                 return None
-        h, relay = self.handoff, self.relay
-        with relay.lock:
-            seq = next(relay.seq)
-            if seq - int(h.status[CONSUMED]) > h.arena_slots or relay.fd is None:
-                self._metrics.lookups_dropped.labels("backlog").inc()
-                return None
-            slot = route.views[seq % h.arena_slots]
-            if route.memory_format is None:
-                np.copyto(slot, reduce(activation, reduction).numpy())
-            else:  # the slot view has the activation's strides: one memory-order copy
-                np.copyto(slot, activation.numpy())
-            head = Frame.HEAD.pack(LOOKUP, seq, version, *route.head, len(request_id))
-            try:
-                os.write(relay.fd, head + request_id + rows.tobytes())
-            except (BlockingIOError, BrokenPipeError):
-                self._metrics.lookups_dropped.labels("relay").inc()
-                return None
+        if route.memory_format is None:
+            values = reduce(activation, reduction).numpy()
+        else:  # the slot views have the activation's strides: one memory-order copy
+            values = activation.numpy()
+        seq = self.relay.send_lookup(route.views, values, route.head, version, request_id, rows)
+        if not seq:
+            return None
         route.counter.inc()
-        return PendingLookup(h, seq, model, layer, stage, rows)
+        return PendingLookup(self.handoff, seq, model, layer, stage, rows)
 
     def label(self, request_id: bytes, model: str, rows: np.ndarray, labels: np.ndarray) -> bool:
         """Hand the base model's `labels` for batch `rows` (both int32) of a request that sent
         lookups to the relay, which sends them on the Lookup stream so the cache service can
-        file that request's activations under them. One pipe write (more only for a batch over
-        a frame's rows), no seq and no arena slot, so lookups' slot accounting is untouched;
-        never blocks. False (and counted) when it could not be handed over."""
+        file that request's activations under them (`RelayProcess.send_labels`); never
+        blocks. False (and counted) when it could not be handed over."""
         n = len(rows)
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} rows")
@@ -223,27 +206,9 @@ class CacheClient:
         if not self.handoff.status[CONNECTED]:  # the relay would drop it: do not write at all
             self._metrics.labels_dropped.labels("down").inc()
             return False
-        index = self._model_index[model]
         rid = request_id[:MAX_REQUEST_ID_BYTES]
         rows, labels = np.asarray(rows, "<i4"), np.asarray(labels, "<i4")  # no copy if int32
-        step, sent, relay = self._label_rows, 0, self.relay
-        with relay.lock:  # guards the pipe fd, which the supervisor closes and replaces
-            try:
-                for at in range(0, n, step):
-                    k = min(step, n - at)
-                    head = Frame.HEAD.pack(LABELS, 0, 0, k, index, 0, 0, 0, 0, 0, 0, len(rid))
-                    if relay.fd is None:
-                        raise BrokenPipeError
-                    body = rows[at : at + k].tobytes() + labels[at : at + k].tobytes()
-                    os.write(relay.fd, head + rid + body)
-                    sent += 1
-            except (BlockingIOError, BrokenPipeError):
-                self._metrics.labels_dropped.labels("relay").inc()
-                return False
-            finally:
-                if sent:
-                    self._labels_sent[model].inc(sent)
-        return True
+        return self.relay.send_labels(model, rid, rows, labels)
 
     def _route(
         self, model: str, layer: str, stage: int, reduction: str, activation: torch.Tensor

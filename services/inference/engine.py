@@ -126,15 +126,17 @@ class Engine:
         plan, learned = None, self.cache if caches else None
         if learned is not None:
             plan = learned.plan(name)
-            if plan is None and not learned.client.connected:
-                self.metrics.cache_unavailable.labels(name).inc()
+            if plan is None:  # the pass sends no lookups
+                if not learned.client.connected:
+                    self.metrics.cache_unavailable.labels(name).inc()
+                learned = None
 
         job = RecordJob(name, request_id, time.time()) if self.recorder is not None else None
-        state = _Pass(served, plan, request_id, scores, labels, hit, exit_index, keys, job)
+        state = _Pass(served, plan, learned, request_id, scores, labels, hit, exit_index, keys, job)
         if len(todo):
             self._forward(state, batch[todo], todo)
-            if learned is not None and plan is not None:
-                learned.guard.served(name, plan.version, len(todo), state.exits)
+            if learned is not None:
+                learned.guard.served(name, state.version, len(todo), state.exits)
         if job is not None and job.rows:
             self.recorder.submit(job)  # type: ignore[union-attr]
         self.metrics.rows.labels(name).inc(n)
@@ -153,12 +155,13 @@ class Engine:
         """Run the stages on rows `row_ids` (inputs `x`), writing answers into `st`."""
         model = st.served.model
         last = model.num_stages - 1
+        learned = st.learned
         active = st.plan.layers if st.plan is not None else {}
         record_cuts = self._record_cuts[st.served.name] if st.job is not None else frozenset()
         st.row_ids = row_ids
         st.alive = np.arange(len(row_ids))  # positions (into row_ids) still computing
-        if active:  # replies counted before this pass began cannot be this pass's
-            st.replies = self.cache.client.replies()  # type: ignore[union-attr]
+        if learned is not None and active:  # replies counted before this pass: not its own
+            st.replies = learned.client.replies()
         st.acts = {int(p): [] for p in st.alive}
         st.stage_s = np.full(model.num_stages, np.nan)
         clock = time.perf_counter
@@ -175,14 +178,14 @@ class Engine:
                     cut = model.cut_names[i]
                     for j, p in enumerate(st.alive):
                         st.acts[int(p)].append((cut, h[j]))
-                if i not in active and not st.pending:
+                if learned is None or (i not in active and not st.pending):
                     t0 = t1
                     continue
                 if i in active:
                     layer, reduction = active[i]
                     if st.rows_i32 is None:  # the rows still computing, as the relay wants
                         st.rows_i32 = row_ids[st.alive].astype(np.int32)
-                    lookup = self.cache.client.lookup(  # type: ignore[union-attr]
+                    lookup = learned.client.lookup(
                         st.rid_bytes,
                         st.served.name,
                         layer,
@@ -195,10 +198,10 @@ class Engine:
                     if lookup is not None:
                         st.pending.append(lookup)
                         st.sent.append(lookup)
-                replies = self.cache.client.replies() if st.pending else st.replies  # type: ignore[union-attr]
+                replies = learned.client.replies() if st.pending else st.replies
                 if replies != st.replies:  # a reply came in: some of ours may be among them
                     st.replies = replies
-                    keep = self._take_hits(st, h, i)
+                    keep = self._take_hits(st, learned, h, i)
                     if keep is not None:
                         h = h[keep]
                         st.alive = st.alive[keep]
@@ -221,11 +224,10 @@ class Engine:
             ewma[fresh] = st.stage_s[fresh]
             old = ran & ~fresh
             ewma[old] += STAGE_EWMA * (st.stage_s[old] - ewma[old])
-        if st.sent:
+        if st.sent and st.learned is not None:  # lookups went out only with a plan
             per_lookup = st.lookup_s / len(st.sent)
             self.metrics.lookup_cost.labels(name).observe(per_lookup)
-            payoff = self.cache.payoff  # type: ignore[union-attr]  # lookups sent: a cache
-            payoff.account_lookups(name, st.version, st.sent, per_lookup, st.saved_s)
+            st.learned.payoff.account_lookups(name, st.version, st.sent, per_lookup, st.saved_s)
             unanswered = CacheClient.unanswered(st.pending)
             if unanswered:
                 self.metrics.lookup_unanswered.labels(name).inc(unanswered)
@@ -238,9 +240,10 @@ class Engine:
         labels = logits.argmax(axis=1)
         st.scores[rows] = logits
         st.labels[rows] = labels
-        if st.sent and st.plan is not None and st.plan.live_labels:  # name their base labels
+        learned, plan = st.learned, st.plan
+        if st.sent and learned is not None and plan is not None and plan.live_labels:
             rows_i32 = st.rows_i32 if st.rows_i32 is not None else rows.astype(np.int32)
-            self.cache.client.label(  # type: ignore[union-attr]  # sent implies a cache client
+            learned.client.label(  # name their base labels
                 st.rid_bytes, st.served.name, rows_i32, labels.astype(np.int32)
             )
         self.metrics.exits.labels(st.served.name, FULL).inc(len(rows))
@@ -264,14 +267,16 @@ class Engine:
                     )
                 )
 
-    def _take_hits(self, st: _Pass, h: torch.Tensor, stage: int) -> np.ndarray | None:
+    def _take_hits(
+        self, st: _Pass, learned: LearnedCaches, h: torch.Tensor, stage: int
+    ) -> np.ndarray | None:
         """Apply replies that arrived; the keep-mask over `st.alive`, or None if no row exits."""
         model = st.served.model
         position = {int(st.row_ids[p]): j for j, p in enumerate(st.alive)}
         exiting: dict[int, tuple[int, float, str]] = {}  # index in alive -> label, conf, layer
         for p in [p for p in st.pending if p.poll() is not None]:
             st.pending.remove(p)
-            self.cache.client.note_reply(p, stage)  # type: ignore[union-attr]
+            learned.client.note_reply(p, stage)
             reply = p.reply
             if not reply.hits:  # type: ignore[union-attr]  # a miss or an error
                 continue
@@ -287,7 +292,7 @@ class Engine:
                     exiting[j] = (int(label), float(conf), p.layer)
         if not exiting:
             return None
-        client, shadow = self.cache.client, self.cache.shadow  # type: ignore[union-attr]
+        shadow = learned.shadow
         remaining_s = float(self.stage_s[st.served.name][stage + 1 :].sum()) / len(st.alive)
         keep = np.ones(len(st.alive), dtype=bool)
         shadowed: list[tuple[int, int, str, RowRecord | None]] = []
@@ -318,7 +323,7 @@ class Engine:
                 [(r, layer, int(st.labels[r]), rec) for _, r, layer, rec in shadowed],
                 st.request_id,
                 st.version,
-                cache=client if st.plan is not None and st.plan.live_labels else None,
+                cache=learned.client if st.plan is not None and st.plan.live_labels else None,
             )
             if not accepted and st.job is not None:  # no slot: record it without a base label
                 st.job.rows.extend(rec for *_, rec in shadowed if rec is not None)
@@ -331,6 +336,7 @@ class _Pass:
 
     served: ServedModel
     plan: ActivePlan | None
+    learned: LearnedCaches | None  # the engine's, while `plan` is not None
     request_id: str
     scores: np.ndarray
     labels: np.ndarray

@@ -13,11 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.common.shell import serve
+    from services.common.shell import run_until_signal
     from services.inference.server import build
 
     config = cfg.load(InferenceConfig, args)
     server = build(config)
     rest = f", REST on port {server.http_port}" if server.http_port is not None else ""
     banner = f"gati inference service listening on {config.host}:{server.port}{rest}"
-    return serve(server, banner, config.drain_seconds)
+    return run_until_signal(server, banner, config.drain_seconds)

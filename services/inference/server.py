@@ -187,6 +187,7 @@ def build(config: InferenceConfig) -> InferenceServer:
         config.metrics_port,
         "inference service",
         f", REST {rest.port if rest is not None else 'off'}, models: {', '.join(models)}",
+        logger=log,
     )
     return InferenceServer(
         handle, engine, metrics, metrics_port, cache, recorder, shadow, plane, rest

@@ -37,7 +37,7 @@ from gati.probes.fitting.evaluate import Cascade, evaluate_bundle
 from gati.probes.fitting.fit import fit_bundle
 from gati.probes.fitting.fit_config import CostConfig, FitConfig
 from gati.probes.fitting.groups import neighbourhood_groups
-from gati.probes.fitting.sources import Records
+from gati.probes.fitting.rows import Records
 from gati.probes.serving.bundle import Bundle
 from gati.records import Record
 
@@ -107,14 +107,15 @@ class RoundResult:
 
 
 def stacked(records: Sequence[Record], cuts: Sequence[str]) -> Records:
-    """Stack labelled pool4 records over the cuts every one of them carries (stage order)."""
+    """Stack labelled pool4 records over the cuts every one of them carries (stage order);
+    each is its own group (no image is named; `round` derives neighbourhoods when asked)."""
     have = set(rec_mod.common_layers(records))
     layers = [c for c in cuts if c in have and records[0].reduction(c) == "pool4"]
     if not layers:
         raise ValueError(f"records carry no pool4 activation at any cut of the model ({cuts})")
     acts = {c: rec_mod.stack(records, c) for c in layers}
     logits = np.stack([r.base_scores for r in records]).astype(np.float32)  # type: ignore[misc]
-    return Records(acts, logits)
+    return Records(acts, logits, groups=np.arange(len(records)))
 
 
 MAX_HIT_WEIGHT = 20.0  # a labelled hit stands for at most this many (f >= 5%)
@@ -131,11 +132,6 @@ def reweight(records: Sequence[Record], hit_label_rate: float, seed: int = 0) ->
         k = int(w) + int(rng.random() < w - int(w)) if r.hit else 1
         out.extend([r] * k)
     return out
-
-
-def strip_candidates(bundle: Bundle) -> Bundle:
-    """The bundle without its inactive candidate probes (what the cache service needs)."""
-    return bundle.without_candidates()
 
 
 def measured_rtt_ms(window: Sequence[Record], default: float, min_records: int = 50) -> float:
@@ -219,7 +215,7 @@ class Learner:
             keep_candidates=True,  # warm starts need every probe; stripped before publishing
             log=lambda msg: log.info("fit: %s", msg),
         )
-        candidate = strip_candidates(fitted)
+        candidate = fitted.without_candidates()
         test = stacked(held, self.model.cut_names)
         cand_eval = self._evaluate(candidate, test, cost)
         cur_eval = self._evaluate(current, test, cost) if current is not None else None

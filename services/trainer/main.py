@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.common.shell import serve
+    from services.common.shell import run_until_signal
     from services.trainer.server import build
 
     config = cfg.load(TrainerConfig, args)
@@ -24,4 +24,4 @@ def run(args: argparse.Namespace) -> int:
     cpus.pin(config.cpus, "trainer")
     server = build(config)
     banner = f"gati trainer listening on {config.host}:{server.port} (health only)"
-    return serve(server, banner, config.drain_seconds)
+    return run_until_signal(server, banner, config.drain_seconds)

@@ -121,5 +121,6 @@ def build(config: TrainerConfig) -> TrainerServer:
         f"trainer for {config.model}",
         f": Kafka {config.kafka_bootstrap} topic {config.records_topic} group {config.group_id}"
         f", Redis {config.redis_url.split('@')[-1]}",
+        logger=log,
     )
     return TrainerServer(handle, loop, metrics, metrics_port, thread, stopping)

@@ -10,7 +10,7 @@ import grpc
 
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.store import BundleStore
-from launch.ports import free_port
+from launch.ports import LOCALHOST, free_port
 from launch.processes import start_service, wait_serving
 from launch.topology import Cache, gati_argv
 from tests.cache.helpers import FINGERPRINT, MODEL, make_bundle, wait_until
@@ -19,7 +19,7 @@ from tests.cache.helpers import FINGERPRINT, MODEL, make_bundle, wait_until
 def test_serve_cache_process(redis_url: str, store: BundleStore, tmp_path) -> None:
     store.publish(make_bundle())
     port, metrics_port = free_port(), free_port()
-    service = Cache(port=port, metrics_port=metrics_port, redis_url=redis_url)
+    service = Cache(port=port, metrics_port=metrics_port, redis_url=redis_url, host=LOCALHOST)
     proc = start_service(service, tmp_path / "cache.log")
     try:
         address = service.address

@@ -1,5 +1,6 @@
 """A test that renders where neither kustomize nor kubectl is installed is skipped, naming the
-missing tool; the checks that need no renderer (k8s_checks.kustomization_problems) still run."""
+missing tool; the tests that need no renderer (the structural lint of kustomization_lint, the
+resource files validated on their own) still run."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from collections.abc import Generator
 
 import pytest
 
-from tests.deploy import k8s_checks as k8s
+from tests.deploy import kustomize
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
     try:
         return (yield)
-    except k8s.KustomizeNotFound as exc:
+    except kustomize.NotFound as exc:
         pytest.skip(str(exc))
 
 
@@ -22,5 +23,5 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     try:
         return (yield)
-    except k8s.KustomizeNotFound as exc:
+    except kustomize.NotFound as exc:
         pytest.skip(str(exc))

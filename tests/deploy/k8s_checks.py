@@ -1,7 +1,7 @@
-"""Render gati's kustomize overlays and check what comes out, with no cluster.
+"""Check what gati's kustomize overlays render to, with no cluster.
 
-- `render`: the real kustomize (`kustomize build`, else `kubectl kustomize`); where neither
-  is installed, `kustomization_problems` still checks the kustomizations without rendering.
+Rendering is `tests.deploy.kustomize` (the real tool); the lint that needs no tool is
+`tests.deploy.kustomization_lint`. Here:
 - `validate`: every object against the Kubernetes 1.30 OpenAPI schemas, strictly (unknown
   fields fail). kubernetes-validate only *warns* when it has no schema for a kind, which is
   what a wrong apiVersion looks like; here that is an error unless the group is a custom
@@ -16,10 +16,7 @@ Also a command, for CI or for checking your own overlay:
 
 from __future__ import annotations
 
-import copy
 import functools
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +25,8 @@ from typing import Any
 
 import kubernetes_validate
 import kubernetes_validate.utils
-import yaml
+
+from tests.deploy import kustomize
 
 Obj = dict[str, Any]
 
@@ -49,61 +47,7 @@ def overlays() -> list[Path]:
     return sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 
 
-# --- rendering -----------------------------------------------------------------------------
-class KustomizeNotFound(FileNotFoundError):
-    """Neither kustomize nor kubectl is installed: nothing here can render (tests skip)."""
-
-
-class KustomizeError(RuntimeError):
-    """kustomize refused to build a kustomization (its message says why)."""
-
-
-MISSING = (
-    "neither `kustomize` nor `kubectl` is on PATH: rendering deploy/k8s needs one of them "
-    "(the structural checks of the kustomizations still run)"
-)
-
-
-def kustomize_command() -> list[str] | None:
-    """`kustomize build` where the standalone tool is installed, else `kubectl kustomize`."""
-    if exe := shutil.which("kustomize"):
-        return [exe, "build"]
-    if exe := shutil.which("kubectl"):
-        return [exe, "kustomize"]
-    return None
-
-
-def kustomize_build(path: Path) -> list[Obj]:
-    """The objects the real kustomize renders for `path`, in its order (sorted by kind)."""
-    command = kustomize_command()
-    if command is None:
-        raise KustomizeNotFound(MISSING)
-    proc = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise KustomizeError(f"{' '.join(command)} {path} failed:\n{proc.stderr[-2000:]}")
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
-def render(path: Path) -> list[Obj]:
-    """`kustomize_build`, remembered per path (kubectl takes a tenth of a second).
-
-    Do not edit a tree after rendering it (use `kustomize_build` for that). Each call
-    returns a fresh copy, so callers may change what they get.
-    """
-    return copy.deepcopy(list(_render_once(str(Path(path).resolve()))))
-
-
-@functools.cache
-def _render_once(path: str) -> tuple[Obj, ...]:
-    return tuple(kustomize_build(Path(path)))
-
-
-def object_id(obj: Obj) -> tuple[str, str, str, str]:
-    """(group, kind, namespace, name): what kustomize calls a resource id."""
-    meta = obj.get("metadata") or {}
-    return (group_of(obj), obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
-
-
+# --- images --------------------------------------------------------------------------------
 def split_image(image: str) -> tuple[str, str | None, str | None]:
     """`registry/name:tag@digest` -> (registry/name, tag, digest)."""
     rest, _, digest = image.partition("@")
@@ -112,102 +56,6 @@ def split_image(image: str) -> tuple[str, str | None, str | None]:
     if colon > slash:
         return rest[:colon], rest[colon + 1 :], digest or None
     return rest, None, digest or None
-
-
-# --- the kustomizations themselves, without rendering ----------------------------------------
-# The fields gati's kustomizations use. Each one that names files is checked below, so a field
-# outside this set could reference files nothing checks: extend `_check_kustomization` first.
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "components", "patches", "images"}
-KUSTOMIZATION_APIS = {
-    "Kustomization": "kustomize.config.k8s.io/v1beta1",
-    "Component": "kustomize.config.k8s.io/v1alpha1",
-}
-
-
-def _load_objects(file: Path, problems: list[str]) -> list[Obj]:
-    try:
-        docs = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
-    except yaml.YAMLError as exc:
-        problems.append(f"{file}: not YAML ({exc})")
-        return []
-    for doc in docs:
-        if not (isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind")):
-            problems.append(f"{file}: not a Kubernetes object: {str(doc)[:80]}")
-        elif not (doc.get("metadata") or {}).get("name"):
-            problems.append(f"{file}: {doc['kind']} without metadata.name")
-    return [d for d in docs if isinstance(d, dict)]
-
-
-def _gather(directory: Path, expect: str, problems: list[str], objs: list[Obj]) -> None:
-    """Check `directory`'s kustomization; add what its resources declare to `objs` and drop
-    what its `$patch: delete` patches name (a component works on its includer's `objs`)."""
-    file = directory / "kustomization.yaml"
-    data = yaml.safe_load(file.read_text()) if file.is_file() else None
-    if not isinstance(data, dict):
-        problems.append(f"{directory}: no kustomization.yaml, or not a mapping")
-        return
-    if unknown := sorted(set(data) - KUSTOMIZATION_FIELDS):
-        problems.append(f"{file}: fields {unknown} are not checked here")
-    kind = data.get("kind", "Kustomization")
-    if kind != expect:
-        problems.append(f"{file}: kind {kind}, expected {expect}")
-    elif data.get("apiVersion", KUSTOMIZATION_APIS[kind]) != KUSTOMIZATION_APIS[kind]:
-        problems.append(f"{file}: apiVersion {data['apiVersion']} for kind {kind}")
-    for ref in data.get("resources") or []:
-        path, new = directory / ref, []
-        if path.is_dir():
-            _gather(path, "Kustomization", problems, new)
-        elif path.is_file():
-            new = _load_objects(path, problems)
-        else:
-            problems.append(f"{file}: resource {ref} does not exist")
-        for obj in new:
-            if object_id(obj) in {object_id(o) for o in objs}:
-                problems.append(f"{file}: {describe(obj)} is defined twice")
-            objs.append(obj)
-    for ref in data.get("components") or []:
-        _gather(directory / ref, "Component", problems, objs)
-    for entry in data.get("patches") or []:
-        if not isinstance(entry, dict) or ("path" in entry) == ("patch" in entry):
-            problems.append(f"{file}: a patch needs exactly one of path or patch: {entry}")
-        elif "path" in entry and not (directory / entry["path"]).is_file():
-            problems.append(f"{file}: patch {entry['path']} does not exist")
-        elif "path" in entry and "target" not in entry:
-            for doc in _load_objects(directory / entry["path"], problems):
-                if doc.get("$patch") == "delete":
-                    objs[:] = [o for o in objs if object_id(o) != object_id(doc)]
-    for entry in data.get("images") or []:
-        if not (isinstance(entry, dict) and "name" in entry and len(entry) > 1):
-            problems.append(f"{file}: an image entry needs a name and what to set: {entry}")
-
-
-def kustomization_problems(root: Path = K8S) -> list[str]:
-    """Every kustomization under `root`, checked without kustomize: fields, kinds, each file
-    it names exists and parses into Kubernetes objects, no object declared twice, and no
-    YAML file beside a kustomization.yaml that it does not name (a forgotten patch)."""
-    problems: list[str] = []
-    for file in sorted(root.rglob("kustomization.yaml")):
-        data = yaml.safe_load(file.read_text())
-        kind = data.get("kind", "Kustomization") if isinstance(data, dict) else "Kustomization"
-        _gather(file.parent, kind, problems, [])
-        if isinstance(data, dict):
-            named = {str(r) for r in data.get("resources") or []}
-            named |= {p.get("path") for p in data.get("patches") or [] if isinstance(p, dict)}
-            for other in sorted(file.parent.glob("*.yaml")):
-                if other != file and other.name not in named:
-                    problems.append(f"{file}: does not name {other.name}")
-    return list(dict.fromkeys(problems))  # a directory several walks reach reports once
-
-
-def declared_objects(directory: Path) -> list[Obj]:
-    """The objects `directory`'s resources and components declare, less those a
-    `$patch: delete` names: what kustomize renders, before the other patches and images."""
-    problems: list[str] = []
-    objs: list[Obj] = []
-    _gather(Path(directory), "Kustomization", problems, objs)
-    if problems:
-        raise ValueError("\n".join(problems))
-    return objs
 
 
 # --- schema validation ---------------------------------------------------------------------
@@ -482,7 +330,7 @@ def main(argv: list[str]) -> int:
     argv = [a for a in argv if a != "--kserve"]
     status = 0
     for arg in argv or [str(p) for p in overlays()]:
-        objs = render(Path(arg))
+        objs = kustomize.render(Path(arg))
         if kserve:
             errors = validate(objs, custom_groups={kserve_checks.GROUP})
             errors += kserve_checks.structure(objs) + kserve_checks.network(objs)

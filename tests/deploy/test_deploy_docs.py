@@ -9,6 +9,7 @@ import pytest
 
 from gati import names
 from tests.deploy import k8s_checks as k8s
+from tests.deploy import kustomize
 
 DOC = (k8s.REPO / "docs" / "deploy.md").read_text()
 METRIC = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*\"(gati_[a-z0-9_]+)\"")
@@ -40,7 +41,7 @@ def test_overlays_and_components_are_documented() -> None:
 def test_the_secret_command_matches_the_manifests() -> None:
     refs = set()
     for overlay in k8s.overlays():
-        for w in k8s.workloads(k8s.render(overlay)):
+        for w in k8s.workloads(kustomize.render(overlay)):
             for c in k8s.containers(k8s.pod_template(w)["spec"]):
                 for var in c.get("env", []):
                     ref = var.get("valueFrom", {}).get("secretKeyRef")
@@ -52,7 +53,7 @@ def test_the_secret_command_matches_the_manifests() -> None:
 
 
 def test_the_weights_volume_is_documented_as_mounted() -> None:
-    objs = k8s.render(k8s.K8S / "overlays" / "prod")
+    objs = kustomize.render(k8s.K8S / "overlays" / "prod")
     weights = k8s.find(objs, "ConfigMap", "gati-config")["data"]["weights"]
     mount = weights.rsplit("/", 1)[0]
     assert 'claimName":"gati-weights' in DOC.replace(" ", "")
@@ -103,7 +104,7 @@ def test_the_topic_first_selection_is_kafka_alone_and_complete(overlay: Path) ->
     (selector,) = re.findall(r"apply -k \S+ -l '([^']+)'", DOC)
     key, values = re.fullmatch(r"([\w./-]+) in \(([^)]*)\)", selector).groups()
     wanted = {v.strip() for v in values.split(",")}
-    objs = k8s.render(overlay)
+    objs = kustomize.render(overlay)
     chosen = [o for o in objs if (o["metadata"].get("labels") or {}).get(key) in wanted]
     names_ = {k8s.describe(o) for o in chosen}
     assert {"Job/gati-kafka-topics", "StatefulSet/gati-kafka", "Service/gati-kafka"} <= names_

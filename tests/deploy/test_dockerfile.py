@@ -22,6 +22,7 @@ from cli.main import COMMANDS
 from gati import names
 from services.inference.config import InferenceConfig
 from tests.deploy import k8s_checks as k8s
+from tests.deploy import kustomize
 
 REPO = k8s.REPO
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
@@ -170,7 +171,7 @@ def test_runs_as_the_user_the_manifests_expect() -> None:
     uid, _, gid = user.partition(":")
     assert int(uid) != 0 and int(gid) != 0
     for overlay in k8s.overlays():
-        for w in k8s.workloads(k8s.render(overlay)):
+        for w in k8s.workloads(kustomize.render(overlay)):
             spec = k8s.pod_template(w)["spec"]
             if any(
                 k8s.split_image(c["image"])[0].endswith(
@@ -186,7 +187,7 @@ def test_base_manifests_name_the_targets_images() -> None:
     version = PYPROJECT["project"]["version"]
     images = {
         c["image"]
-        for w in k8s.workloads(k8s.render(k8s.K8S / "base"))
+        for w in k8s.workloads(kustomize.render(k8s.K8S / "base"))
         for c in k8s.containers(k8s.pod_template(w)["spec"])
         if c["image"].startswith("gati-")
     }

@@ -22,6 +22,7 @@ from services.cache.config import CacheConfig
 from services.inference.config import InferenceConfig
 from services.trainer.config import TrainerConfig
 from tests.deploy import k8s_checks as k8s
+from tests.deploy import kustomize
 
 OVERLAYS = k8s.overlays()
 SERVICES = {
@@ -61,7 +62,7 @@ VERSION = tomllib.loads((k8s.REPO / "pyproject.toml").read_text())["project"]["v
 
 
 def objs_of(overlay: Path) -> list[dict]:
-    return k8s.render(overlay)
+    return kustomize.render(overlay)
 
 
 def service_of(container: dict) -> str | None:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.deploy import k8s_checks as k8s
+from tests.deploy import kustomize
 
 OVERLAYS = k8s.overlays()
 CUSTOM_GROUPS = {"serving.kserve.io", "monitoring.coreos.com"}  # the opt-in components'
@@ -16,7 +17,7 @@ CUSTOM_GROUPS = {"serving.kserve.io", "monitoring.coreos.com"}  # the opt-in com
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlay_validates_strictly(overlay: Path) -> None:
-    assert k8s.validate(k8s.render(overlay)) == []
+    assert k8s.validate(kustomize.render(overlay)) == []
 
 
 def test_every_resource_file_validates_strictly_on_its_own() -> None:
@@ -49,7 +50,7 @@ def test_removed_api_version_fails(tree: Path) -> None:
     """policy/v1beta1 PodDisruptionBudgets left Kubernetes in 1.25. kubernetes-validate's CLI
     only warns about a kind it has no schema for (exit status 0); our check fails it."""
     _edit(tree / "overlays" / "prod" / "poddisruptionbudget.yaml", "policy/v1", "policy/v1beta1")
-    errors = k8s.validate(k8s.render(tree / "overlays" / "prod"))
+    errors = k8s.validate(kustomize.render(tree / "overlays" / "prod"))
     assert errors == [
         "PodDisruptionBudget/gati-inference: no schema for apiVersion policy/v1beta1 kind "
         "PodDisruptionBudget in Kubernetes 1.30.0 (wrong apiVersion or kind?)"
@@ -62,7 +63,7 @@ def test_unknown_field_fails(tree: Path) -> None:
         "          imagePullPolicy: IfNotPresent",
         "          imagePullPolicy: IfNotPresent\n          readOnlyRootFileSystem: true",
     )
-    errors = k8s.validate(k8s.render(tree / "overlays" / "prod"))
+    errors = k8s.validate(kustomize.render(tree / "overlays" / "prod"))
     assert len(errors) == 1
     assert "Deployment/gati-cache" in errors[0]
     assert "'readOnlyRootFileSystem' was unexpected" in errors[0]
@@ -74,7 +75,7 @@ def test_wrong_type_fails(tree: Path) -> None:
         "maxReplicas: 20",
         'maxReplicas: "20"',
     )
-    errors = k8s.validate(k8s.render(tree / "overlays" / "prod"))
+    errors = k8s.validate(kustomize.render(tree / "overlays" / "prod"))
     assert errors == [
         "HorizontalPodAutoscaler/gati-inference: spec.maxReplicas: '20' is not of type 'integer'"
     ]
@@ -89,7 +90,7 @@ def test_wrong_probe_shape_fails(tree: Path) -> None:
         "              port: cache-grpc\n              service: gati.v1.CacheService\n"
         "            periodSeconds: 1",
     )
-    errors = k8s.validate(k8s.render(tree / "overlays" / "sidecar"))
+    errors = k8s.validate(kustomize.render(tree / "overlays" / "sidecar"))
     assert len(errors) == 1
     assert "initContainers.0.startupProbe.grpc.port" in errors[0]
 
@@ -106,7 +107,7 @@ def test_prometheus_operator_component(tree: Path) -> None:
     (overlay / "kustomization.yaml").write_text(
         "resources: [../prod]\ncomponents: [../../components/prometheus-operator]\n"
     )
-    objs = k8s.render(overlay)
+    objs = kustomize.render(overlay)
     monitors = k8s.by_kind(objs, "PodMonitor")
     assert len(monitors) == 3
     errors = k8s.validate(objs)

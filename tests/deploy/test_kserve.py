@@ -16,6 +16,7 @@ import yaml
 
 from tests.deploy import k8s_checks as k8s
 from tests.deploy import kserve_checks as ks
+from tests.deploy import kustomize
 
 COMPONENT = "../../components/kserve"
 PROD_IMAGE = "registry.example.com/gati/gati-inference:0.1.0"
@@ -44,11 +45,11 @@ def tree(tmp_path: Path) -> Path:
 
 
 def _render(tree: Path, overlay: str) -> list[dict]:
-    return k8s.render(tree / "overlays" / overlay)
+    return kustomize.render(tree / "overlays" / overlay)
 
 
 def _base(tree: Path) -> list[dict]:
-    return k8s.render(tree / "base")
+    return kustomize.render(tree / "base")
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -100,7 +101,7 @@ def test_on_prod_the_runtime_gets_the_registry_image(tree: Path) -> None:
 
 
 def test_ports_are_the_open_inference_protocols() -> None:
-    objs = k8s.render(k8s.K8S / "base")
+    objs = kustomize.render(k8s.K8S / "base")
     runtime = yaml.safe_load(
         (k8s.K8S / "components" / "kserve" / "servingruntime.yaml").read_text()
     )
@@ -307,7 +308,7 @@ def test_no_validated_overlay_includes_kserve() -> None:
     for overlay in k8s.overlays():
         kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
         assert not any("kserve" in c for c in kustomization.get("components", []))
-        assert not ks.runtimes(k8s.render(overlay))
+        assert not ks.runtimes(kustomize.render(overlay))
 
 
 def test_the_component_is_documented() -> None:

@@ -22,7 +22,7 @@ from gati import names
 from gati.api import grpc_service_pb2 as pb
 from gati.models import load_model
 from launch.ports import free_port
-from launch.processes import serve
+from launch.processes import start_healthy
 from launch.topology import Inference, Model
 from tests.inference.helpers import infer_request, inference_stub, output
 
@@ -58,7 +58,7 @@ def served(
         port=grpc_port, http_port=http_port, model=Model("cifar", "resnet20", resnet20_weights),
         extra=("--max-message-bytes", str(MAX_BODY)),
     )  # fmt: skip
-    server = serve(service, tmp / "inference.log", 120)
+    server = start_healthy(service, tmp / "inference.log", 120)
     try:
         yield Served(grpc_port, http_port, x, npz)
     finally:

@@ -12,7 +12,7 @@ import torch
 
 from gati.models import load_model
 from launch.ports import free_port
-from launch.processes import serve
+from launch.processes import start_healthy
 from launch.topology import Inference, Model
 
 CHECK = Path(__file__).with_name("triton_client_check.py")
@@ -24,7 +24,7 @@ def test_tritonclient_talks_to_gati(tmp_path: Path, resnet20_weights: Path, asse
     np.savez(npz, x=x)
     port = free_port()
     service = Inference(port=port, model=Model("cifar", "resnet20", resnet20_weights))
-    server = serve(service, tmp_path / "inference.log", 120)
+    server = start_healthy(service, tmp_path / "inference.log", 120)
     try:
         run = subprocess.run(
             [sys.executable, str(CHECK), f"127.0.0.1:{port}", "cifar", str(npz)],

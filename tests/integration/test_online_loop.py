@@ -22,7 +22,7 @@ from gati.api import grpc_service_pb2_grpc as pb_grpc
 from gati.data import load_npz
 from gati.models import load_model
 from gati.workloads import make_stream
-from launch.processes import wait_for_health, wait_for_port
+from launch.processes import wait_for_port, wait_serving
 
 MODEL = "cifar"
 TARGET = 0.99
@@ -125,10 +125,7 @@ def test_loop_bootstraps_and_survives_trainer_and_broker_restarts(
         sent += 200
         produced = _wait_metric(stack, "inference", "gati_records_sent_total", sent - 1, 20)
         stack.processes["trainer"].start()
-        trainer_port = int(
-            stack.processes["trainer"].argv[stack.processes["trainer"].argv.index("--port") + 1]
-        )
-        wait_for_health(f"127.0.0.1:{trainer_port}", names.HEALTH_TRAINER, 120)
+        wait_serving(stack.services["trainer"], stack.processes["trainer"], 120)
         resumed = _wait_metric(stack, "trainer", "gati_trainer_records_consumed_total", 199, 60)
         print(
             f"trainer: consumed {consumed_before:.0f} before the kill; after restart "

@@ -23,6 +23,7 @@ import pytest
 
 from cli.local import down, status, up
 from cli.local import state as st
+from cli.local.options import UsageError, options_from_args
 from launch import ports
 
 
@@ -185,11 +186,11 @@ def up_args(**overrides) -> argparse.Namespace:
 
 
 def test_weights_are_required_for_builtin_models(tmp_path: Path) -> None:
-    with pytest.raises(up.UsageError, match="--weights PATH is required for resnet56"):
-        up.options_from_args(up_args())
-    with pytest.raises(up.UsageError, match="no such file"):
-        up.options_from_args(up_args(weights=str(tmp_path / "missing.th")))
-    opts = up.options_from_args(up_args(arch="mypkg.models:build"))  # a user factory may not
+    with pytest.raises(UsageError, match="--weights PATH is required for resnet56"):
+        options_from_args(up_args())
+    with pytest.raises(UsageError, match="no such file"):
+        options_from_args(up_args(weights=str(tmp_path / "missing.th")))
+    opts = options_from_args(up_args(arch="mypkg.models:build"))  # a user factory may not
     assert opts.weights is None and opts.model == "build"
 
 
@@ -197,9 +198,9 @@ def test_up_booleans_are_flag_pairs(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     up.add_arguments(parser)
     off = ["--no-cache", "--no-trainer", "--no-records", "--no-pin"]
-    opts = up.options_from_args(parser.parse_args(["--arch", "m:f", *off]))
+    opts = options_from_args(parser.parse_args(["--arch", "m:f", *off]))
     assert (opts.cache, opts.trainer, opts.records, opts.pin) == (False, False, False, False)
-    opts = up.options_from_args(parser.parse_args(["--arch", "m:f", "--no-pin", "--pin"]))
+    opts = options_from_args(parser.parse_args(["--arch", "m:f", "--no-pin", "--pin"]))
     assert (opts.cache, opts.trainer, opts.records, opts.pin) == (True, True, True, True)
     with pytest.raises(SystemExit):  # a plain flag takes no value
         parser.parse_args(["--cache", "false"])
@@ -215,7 +216,7 @@ def test_up_without_weights_exits_2_and_starts_nothing(tmp_path: Path) -> None:
 def test_port_layout_from_base(tmp_path: Path) -> None:
     weights = tmp_path / "w.th"
     weights.write_bytes(b"x")
-    opts = up.options_from_args(up_args(weights=str(weights), ports=20000))
+    opts = options_from_args(up_args(weights=str(weights), ports=20000))
     assert up.plan_ports(opts) == {
         "inference": 20001,
         "inference_http": 20000,
@@ -228,14 +229,14 @@ def test_port_layout_from_base(tmp_path: Path) -> None:
         "trainer_metrics": 20022,
     }
     # the default base gives the services the ports they default to themselves
-    default = up.options_from_args(up_args(weights=str(weights)))
+    default = options_from_args(up_args(weights=str(weights)))
     assert default.port_base + ports.PORT_OFFSETS["inference"] == 8001
     assert default.port_base + ports.PORT_OFFSETS["inference_http"] == 8000
-    lean = up.options_from_args(
+    lean = options_from_args(
         up_args(weights=str(weights), ports=0, cache=False, trainer=False, records=False)
     )
     assert set(up.plan_ports(lean)) == {"inference", "inference_http", "inference_metrics"}
-    free = up.plan_ports(up.options_from_args(up_args(weights=str(weights), ports=0)))
+    free = up.plan_ports(options_from_args(up_args(weights=str(weights), ports=0)))
     assert len(set(free.values())) == len(free) == 9
 
 
@@ -256,8 +257,8 @@ def test_a_taken_port_is_named(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", ports.free_port()))
         s.listen()
         base = s.getsockname()[1] - ports.PORT_OFFSETS["cache"]
-        opts = up.options_from_args(up_args(weights=str(weights), ports=base))
-        with pytest.raises(up.UsageError, match=rf"port {base + 11} \(cache\) is in use"):
+        opts = options_from_args(up_args(weights=str(weights), ports=base))
+        with pytest.raises(UsageError, match=rf"port {base + 11} \(cache\) is in use"):
             up.plan_ports(opts)
 
 

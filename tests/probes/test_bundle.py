@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import safetensors.numpy as stnp
 
-from gati.probes.fitting.synthetic import random_bundle
+from gati.probes.fitting.entries import active_prefix, candidate_prefix, layer_entry
+from gati.probes.fitting.synthetic import random_bundle, random_roles
 from gati.probes.serving.bundle import (
     MAGIC,
     Bundle,
@@ -198,3 +199,24 @@ def test_with_thresholds() -> None:
     Bundle.from_bytes(tight.to_bytes())  # still valid
     with pytest.raises(BundleError, match="no active layer"):
         b.with_thresholds({"layer3.8": 0.9})
+
+
+def test_without_candidates_leaves_a_valid_bundle_with_the_same_plan() -> None:
+    rng = np.random.default_rng(0)
+    e1, t1 = layer_entry(
+        "layer1.0", "linear", 16, random_roles("linear", 16, 10, rng),
+        prefix=active_prefix("layer1.0"), threshold=0.5,
+    )  # fmt: skip
+    e2, t2 = layer_entry(
+        "layer1.1", "mlp", 16, random_roles("mlp", 16, 10, rng),
+        prefix=candidate_prefix("layer1.1", "mlp"),
+    )  # fmt: skip
+    b = Bundle.create(
+        model_id="m", arch="resnet20", model_fingerprint=FP, layers=[e1],
+        tensors={**t1, **t2}, candidates=[e2], version=3,
+    )  # fmt: skip
+    s = b.without_candidates()
+    assert s.candidates == [] and set(s.tensors) == set(t1)
+    assert s.version == 3 and s.plan == b.plan == [("layer1.0", "pool1")]
+    assert Bundle.from_bytes(s.to_bytes(), expected_fingerprint=FP).checksum == s.checksum
+    assert s.without_candidates() is s  # nothing left to strip

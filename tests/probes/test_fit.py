@@ -204,6 +204,6 @@ def test_familiarity_gate_keeps_new_images_out() -> None:
     acts2, logits2 = recurring(nxt, 2)
     new = nxt >= 100
     r = evaluate_bundle(b, acts2, logits2, cost=COST, seen=~new)
-    assert r.seen["seen"].hit_rate > 0.5  # (images held out of training do not hit)
-    assert r.seen["unseen"].hit_rate == 0.0
+    assert r.seen.seen.hit_rate > 0.5  # (images held out of training do not hit)
+    assert r.seen.unseen.hit_rate == 0.0
     assert r.cascade.agreement >= 0.99

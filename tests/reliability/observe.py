@@ -1,13 +1,12 @@
 """Looking at a running stack from outside: Prometheus metrics, health, resident memory.
 
-Services started with `--metrics-port 0` pick their metrics port themselves and log it
-("... on port N (metrics M)"); a restarted process logs a new one, so the last line counts.
+Where to look comes from the services' descriptions (launch/topology.py), which fix every
+port, so a restarted process is found where it was.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import urllib.request
 from dataclasses import dataclass
 
@@ -17,16 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from launch.processes import ManagedProcess
-
-_PORTS = re.compile(r"on port (\d+) \(metrics (\d+)\)")
-
-
-def metrics_port(proc: ManagedProcess) -> int:
-    """The metrics port the process (its latest start) logged."""
-    found = _PORTS.findall(proc.log_path.read_text(errors="replace"))
-    if not found:
-        raise LookupError(f"{proc.name} logged no metrics port yet:\n{proc.log_tail()}")
-    return int(found[-1][1])
 
 
 @dataclass(frozen=True)
@@ -53,9 +42,10 @@ class Samples:
         return out
 
 
-def scrape(proc: ManagedProcess, timeout: float = 5.0) -> Samples:
-    port = metrics_port(proc)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+def scrape(metrics_port: int, timeout: float = 5.0) -> Samples:
+    """Every sample of the Prometheus endpoint on 127.0.0.1:`metrics_port`, one scrape."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         text = r.read().decode()
     values = {}
     for family in text_string_to_metric_families(text):

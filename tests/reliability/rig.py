@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -79,7 +80,7 @@ class Rig:
         return self.stack.processes[name]
 
     def metrics(self, name: str) -> Samples:
-        return scrape(self.proc(name))
+        return scrape(self.stack.services[name].metrics_port)
 
     def healthy(self, name: str) -> bool:
         service = self.stack.services[name]
@@ -138,8 +139,16 @@ class Rig:
             except Exception as exc:
                 raise RuntimeError(f"{name} did not come back:\n{proc.log_tail()}") from exc
         else:  # redis, kafka
-            wait_for_port("127.0.0.1", _port(proc), 30, proc.proc)
+            wait_for_port("127.0.0.1", self._port(name), 30, proc.proc)
         return time.monotonic() - start
+
+    def _port(self, name: str) -> int:
+        """Where Redis or the broker listens: not services, so no description; the stack's
+        URL of each says."""
+        url = self.stack.redis_url if name == "redis" else f"tcp://{self.stack.kafka_bootstrap}"
+        port = urlsplit(url).port
+        assert port is not None, f"{name}: no port in {url}"
+        return port
 
     # --- observations ----------------------------------------------------------------------------
     def records(self) -> dict[str, float]:
@@ -204,12 +213,3 @@ def unaccounted(records: dict[str, float]) -> float:
     """Records neither sent nor counted as dropped (still queued or in flight, or lost)."""
     dropped = sum(v for k, v in records.items() if k.startswith("dropped:"))
     return records["offered"] - records["sent"] - dropped
-
-
-def _port(proc: ManagedProcess) -> int:
-    """The port a process listens on, from its argv (services, Redis, Tansu)."""
-    argv = proc.argv
-    if "--port" in argv:
-        return int(argv[argv.index("--port") + 1])
-    url = argv[argv.index("--listener-url") + 1]  # tcp://host:port
-    return int(url.rsplit(":", 1)[1])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from gati import records
-from launch.ports import free_port
-from launch.processes import ManagedProcess, start_redis, start_tansu, wait_for_health
+from launch.ports import LOCALHOST, free_port
+from launch.processes import ManagedProcess, start_redis, start_service, start_tansu, wait_serving
 from launch.topology import Model, Trainer
 from services.common.kafka import ensure_topic
 from tests.reliability.figures import Figures
@@ -81,61 +82,69 @@ class Committed:
         self.admin.close()
 
 
+@dataclass
+class Servers:
+    """The private broker and Redis, and the trainer's description: the test starts the
+    trainer (twice), the fixture stops whatever is in `procs`."""
+
+    trainer: Trainer
+    log_path: Path
+    procs: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def start_trainer(self) -> float:
+        """Start the trainer as procs["trainer"]; seconds until it is SERVING."""
+        start = time.monotonic()
+        proc = self.procs["trainer"] = start_service(self.trainer, self.log_path)
+        try:
+            wait_serving(self.trainer, proc, 120)
+        except Exception as exc:
+            raise RuntimeError(f"trainer did not start:\n{proc.log_tail()}") from exc
+        return time.monotonic() - start
+
+
 @pytest.fixture
-def servers(tmp_path: Path, resnet20_weights: Path) -> Iterator[dict[str, ManagedProcess]]:
-    procs: dict[str, ManagedProcess] = {}
+def servers(tmp_path: Path, resnet20_weights: Path) -> Iterator[Servers]:
+    kafka_port, redis_port = free_port(), free_port()
+    trainer = Trainer(
+        port=free_port(), metrics_port=free_port(), host=LOCALHOST,
+        model=Model(MODEL, "resnet20", resnet20_weights),
+        kafka_bootstrap=f"{LOCALHOST}:{kafka_port}", redis_url=f"redis://{LOCALHOST}:{redis_port}/0",
+        extra=("--records-topic", TOPIC, "--group-id", GROUP,
+               "--window-records", str(2 * K), "--min-records", str(2 * K),
+               "--retrain-every", "1000000000", "--retrain-seconds", "1e9"),
+    )  # fmt: skip
+    servers = Servers(trainer, tmp_path / "trainer.log")
     try:
-        kafka_port, redis_port, port = free_port(), free_port(), free_port()
-        procs["kafka"] = start_tansu(kafka_port, tmp_path)
-        procs["redis"] = start_redis(redis_port, tmp_path)
-        ensure_topic(f"127.0.0.1:{kafka_port}", TOPIC)
-        trainer = Trainer(
-            port=port, metrics_port=0, model=Model(MODEL, "resnet20", resnet20_weights),
-            kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",
-            extra=("--records-topic", TOPIC, "--group-id", GROUP,
-                   "--window-records", str(2 * K), "--min-records", str(2 * K),
-                   "--retrain-every", "1000000000", "--retrain-seconds", "1e9"),
-        )  # fmt: skip
-        procs["trainer"] = ManagedProcess(trainer.name, trainer.argv(), tmp_path / "trainer.log")
-        yield procs
+        servers.procs["kafka"] = start_tansu(kafka_port, tmp_path)
+        servers.procs["redis"] = start_redis(redis_port, tmp_path)
+        ensure_topic(trainer.kafka_bootstrap, TOPIC)
+        yield servers
     finally:
-        for proc in reversed(procs.values()):
+        for proc in reversed(servers.procs.values()):
             proc.stop()
 
 
-def _start(trainer: ManagedProcess) -> float:
-    start = time.monotonic()
-    trainer.start()
-    port = trainer.argv[trainer.argv.index("--port") + 1]
-    try:
-        wait_for_health(f"127.0.0.1:{port}", Trainer.health, 120, trainer.proc)
-    except Exception as exc:
-        raise RuntimeError(f"trainer did not start:\n{trainer.log_tail()}") from exc
-    return time.monotonic() - start
-
-
 def test_trainer_restart_resumes_at_the_committed_offset(
-    servers: dict[str, ManagedProcess], figures: Figures
+    servers: Servers, figures: Figures
 ) -> None:
-    trainer = servers["trainer"]
-    bootstrap = servers["kafka"].argv[servers["kafka"].argv.index("--listener-url") + 1][6:]
+    bootstrap = servers.trainer.kafka_bootstrap
+    metrics_port = servers.trainer.metrics_port
     committed = Committed(bootstrap)
     stream = threading.Thread(target=_produce, args=(bootstrap, range(FIRST, K), PACE))
     try:
-        _start(trainer)
+        servers.start_trainer()
         _produce(bootstrap, range(FIRST))
         wait_until(lambda: committed() == FIRST, 60, f"the first {FIRST} records committed")
         stream.start()  # the rest, over a few seconds: the trainer dies in the middle of it
         wait_until(lambda: committed() > FIRST, 30, "records of the stream committed")
-        first = scrape(trainer).by("gati_trainer_records_consumed_total", "outcome")
-        trainer.kill()
+        first = scrape(metrics_port).by("gati_trainer_records_consumed_total", "outcome")
+        servers.procs["trainer"].kill()
         at_kill = committed()  # nothing can commit for the group now
         still_producing = stream.is_alive()
         stream.join(60)
-        restart = _start(trainer)
+        restart = servers.start_trainer()
         caught_up = wait_until(lambda: committed() == K, 60, f"commits reaching {K}")
-        second = scrape(trainer).by("gati_trainer_records_consumed_total", "outcome")
+        second = scrape(metrics_port).by("gati_trainer_records_consumed_total", "outcome")
     finally:
         committed.close()
         if stream.is_alive():

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from gati.probes.fitting.entries import active_prefix, candidate_prefix, layer_entry
-from gati.probes.fitting.synthetic import random_bundle, random_roles
-from gati.probes.serving.bundle import Bundle
+from gati.probes.fitting.synthetic import random_bundle
 from gati.store import BundleStore
 from launch.ports import free_port
 from launch.processes import start_redis
-from services.trainer.learner import strip_candidates
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.publisher import Publisher
 
@@ -56,24 +51,3 @@ def test_bundles_for_another_model_build_are_ignored(redis_url: str) -> None:
     finally:
         pub.close()
         store.close()
-
-
-def test_strip_candidates_leaves_a_valid_bundle_with_the_same_plan() -> None:
-    rng = np.random.default_rng(0)
-    e1, t1 = layer_entry(
-        "layer1.0", "linear", 16, random_roles("linear", 16, 10, rng),
-        prefix=active_prefix("layer1.0"), threshold=0.5,
-    )  # fmt: skip
-    e2, t2 = layer_entry(
-        "layer1.1", "mlp", 16, random_roles("mlp", 16, 10, rng),
-        prefix=candidate_prefix("layer1.1", "mlp"),
-    )  # fmt: skip
-    b = Bundle.create(
-        model_id="m", arch="resnet20", model_fingerprint=FP, layers=[e1],
-        tensors={**t1, **t2}, candidates=[e2], version=3,
-    )  # fmt: skip
-    s = strip_candidates(b)
-    assert s.candidates == [] and set(s.tensors) == set(t1)
-    assert s.version == 3 and s.plan == b.plan == [("layer1.0", "pool1")]
-    assert Bundle.from_bytes(s.to_bytes(), expected_fingerprint=FP).checksum == s.checksum
-    assert strip_candidates(s) is s  # nothing left to strip

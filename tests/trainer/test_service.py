@@ -11,7 +11,7 @@ import numpy as np
 from kafka import KafkaProducer
 
 from gati import records
-from launch.ports import free_port
+from launch.ports import LOCALHOST, free_port
 from launch.processes import start_service, wait_serving
 from launch.topology import Model, Trainer
 
@@ -62,7 +62,7 @@ def test_trainer_process_serves_health_and_resumes_from_committed_offsets(
     port, metrics_port = free_port(), free_port()
     trainer = Trainer(
         port=port, metrics_port=metrics_port, model=Model("m", "resnet20", resnet20_weights),
-        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, host=LOCALHOST,
         extra=("--records-topic", topic, "--group-id", group,
                "--min-records", "4000", "--window-records", "4000"),
     )  # fmt: skip

@@ -17,17 +17,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
 from gati.probes.fitting.costs import CostModel, measure_ms
+from gati.probes.fitting.rows import SOURCE
 from gati.probes.serving.bundle import Bundle
 from gati.probes.serving.reductions import refine
 from gati.probes.serving.runtime import ProbeRuntime
 from gati.probes.serving.variants import Predictor
-
-SOURCE = "pool4"
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,20 @@ class Stats:
             speedup_expected=float(full_model_ms / lat.mean()) if n else None,
             **extra,
         )
+
+
+S = TypeVar("S", bound=Stats)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The requests whose image the fitting window held, and the others."""
+
+    seen: Stats
+    unseen: Stats
+
+    def by_name(self) -> tuple[tuple[str, Stats], ...]:
+        return (("seen", self.seen), ("unseen", self.unseen))
 
 
 @dataclass(frozen=True)
@@ -118,20 +131,37 @@ class Oracle:
 
 
 @dataclass(frozen=True)
+class BundleSummary:
+    """Which bundle was evaluated."""
+
+    model: str
+    version: int
+    fingerprint: str
+    checksum: str
+    plan: tuple[str, ...]  # "layer:variant", stage order
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> BundleSummary:
+        plan = tuple(f"{e['layer']}:{e['variant']}" for e in bundle.layers)
+        return cls(bundle.model_id, bundle.version, bundle.model_fingerprint, bundle.checksum, plan)
+
+
+@dataclass(frozen=True)
 class BundleReport:
     """What `evaluate_bundle` measured; `to_dict` is its JSON form."""
 
-    bundle: dict[str, Any]  # model, version, fingerprint, checksum, plan
-    cost_model: dict[str, Any]  # CostModel.describe()
+    bundle: BundleSummary
+    cost_model: CostModel  # the costs assumed (its `describe()` in the JSON form)
     cascade: Cascade
     oracle: Oracle
     layers: tuple[LayerReport, ...]
     candidates: tuple[CandidateReport, ...]
     windows: tuple[Window, ...]
-    seen: dict[str, Stats] | None = None  # "seen" / "unseen" images, when told which
+    seen: Seen | None = None  # when told which requests' images were seen
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["cost_model"] = self.cost_model.describe()
         out["oracle"] = {k: v for k, v in out["oracle"].items() if v is not None}
         out["windows"] = [{"start": w["start"], **w} for w in out["windows"]]
         if self.seen is None:
@@ -203,7 +233,7 @@ def evaluate_bundle(
         )
     lat = cost.latencies([e["layer"] for e in bundle.layers], costs, exits)
 
-    def stats(cls: type[Stats], rows: slice | np.ndarray, **extra: Any) -> Any:
+    def stats(cls: type[S], rows: slice | np.ndarray, **extra: Any) -> S:
         truth = None if labels is None else labels[rows]
         return cls.of(
             served[rows], base[rows], exits[rows], lat[rows], cost.full_ms, truth, **extra
@@ -224,16 +254,10 @@ def evaluate_bundle(
     seen_stats = None
     if seen is not None:
         seen = np.asarray(seen, bool)
-        seen_stats = {"seen": stats(Stats, seen), "unseen": stats(Stats, ~seen)}
+        seen_stats = Seen(stats(Stats, seen), stats(Stats, ~seen))
     return BundleReport(
-        bundle={
-            "model": bundle.model_id,
-            "version": bundle.version,
-            "fingerprint": bundle.model_fingerprint,
-            "checksum": bundle.checksum,
-            "plan": [f"{e['layer']}:{e['variant']}" for e in bundle.layers],
-        },
-        cost_model=cost.describe(),
+        bundle=BundleSummary.of(bundle),
+        cost_model=cost,
         cascade=cascade,
         oracle=_oracle(answers, candidates, base, cost),
         layers=tuple(layer_rows),

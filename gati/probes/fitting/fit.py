@@ -34,6 +34,7 @@ from gati.probes.fitting.fit_config import FitConfig
 from gati.probes.fitting.live_calibration import calibrate_live
 from gati.probes.fitting.packaging import assemble
 from gati.probes.fitting.planning import calibrate_plan, choose, plan_scores, plan_selectors
+from gati.probes.fitting.rows import SOURCE
 from gati.probes.fitting.selection import fit_selector, selector_options, uses_memory
 from gati.probes.fitting.splits import Split, make_split
 from gati.probes.serving.bundle import Bundle
@@ -46,8 +47,6 @@ from gati.probes.serving.reductions import refine
 from gati.probes.serving.runtime import LayerProbe
 from gati.probes.serving.selectors import Selector
 from gati.probes.serving.variants import TRAINED, Predictor, input_stats, spec
-
-SOURCE = "pool4"  # what records carry for every cut
 
 
 def fit_bundle(

@@ -1,9 +1,9 @@
 """A fit's settings, declared once: names, defaults, help and checks.
 
-`gati probes fit` makes every field a flag (`add_flags`); `gati serve trainer`'s config inherits
-these classes, so each setting has one name, one default and one check wherever it is set
-(a fit flag, a trainer flag, GATI_* environment, a config file). Before this, the two sides
-kept their own copies and drifted apart (selector, calibration, margin, variants).
+`gati probes fit` makes every field a flag (cli/fit_flags.py); `gati serve trainer`'s config
+inherits these classes, so each setting has one name, one default and one check wherever it
+is set (a fit flag, a trainer flag, GATI_* environment, a config file). Before this, the two
+sides kept their own copies and drifted apart (selector, calibration, margin, variants).
 
 Torch-free on purpose: `gati serve trainer --help` imports it and should not pay for torch.
 The modules that build what the names stand for (variants, reductions, costs) import their
@@ -12,14 +12,11 @@ names from here; tests/probes/test_fit_config.py checks they still match.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import typing
-from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from gati.config import base_type, flag_name, require, setting
+from gati.config import check_choices, require, setting
 from gati.probes.fitting.calibration import MODES as CALIBRATION_MODES
 from gati.probes.serving.selectors import FIT_SELECTORS
 
@@ -36,8 +33,6 @@ LOOKUP_MODES = ("local", "remote")  # gati.probes.fitting.costs.MODES
 # live requests; pass --rtt-ms / --send-ms for a machine whose figures differ.
 DEFAULT_RTT_MS = 0.6
 DEFAULT_SEND_MS = 0.25
-
-C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -178,14 +173,7 @@ class FitConfig(TrainConfig):
             "variants",
             f"{bad or '()'} invalid; valid: {', '.join(VARIANT_NAMES)}",
         )
-        for name in (
-            "selector",
-            "calibration",
-            "memory_rows",
-            "memory_reduction",
-            "live_reduction",
-        ):
-            _require_choice(self, name)
+        check_choices(self)  # selector, calibration, memory_rows, the reductions
         require(
             0.5 < self.agreement_target < 1.0,
             "agreement_target",
@@ -239,53 +227,6 @@ class CostConfig:
     )
 
     def __post_init__(self) -> None:
-        _require_choice(self, "lookup_mode")
+        check_choices(self)  # lookup_mode
         require(self.rtt_ms >= 0, "rtt_ms", f"must be >= 0, got {self.rtt_ms}")
         require(self.send_ms >= 0, "send_ms", f"must be >= 0, got {self.send_ms}")
-
-
-def _require_choice(config: object, name: str) -> None:
-    f = next(f for f in dataclasses.fields(config) if f.name == name)  # type: ignore[arg-type]
-    choices = f.metadata["choices"]
-    value = getattr(config, name)
-    require(value in choices, name, f"{value!r} invalid; valid: {', '.join(choices)}")
-
-
-# ---- flags ------------------------------------------------------------------------------------
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def add_flags(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    cls: type,
-    *,
-    skip: Collection[str] = (),
-) -> None:
-    """One `--field-name` per field of `cls` (but `skip`), with the field's help, choices and
-    default; bools as `--x/--no-x`, tuples comma-separated. `skip`: fields the command sets
-    itself, under a flag another group already defines."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp = base_type(hints[f.name])
-        kw: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"], "default": f.default}
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif tp is tuple:
-            # A string default goes through `type` too: help shows "a,b", the value is a tuple.
-            kw["type"] = _names
-            kw["default"] = None if f.default is None else ",".join(f.default)
-            kw["metavar"] = f.name.upper()
-        else:
-            kw["type"] = tp
-        if f.metadata.get("choices"):
-            kw["choices"] = f.metadata["choices"]
-        parser.add_argument(flag_name(f.name), **kw)
-
-
-def from_flags(cls: type[C], args: argparse.Namespace, *, skip: Collection[str] = ()) -> C:
-    """`cls` from the flags `add_flags` made (and any of the same name parsed otherwise)."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    return cls(**{n: getattr(args, n) for n in names if n not in skip and hasattr(args, n)})

@@ -1,11 +1,10 @@
-"""Records for fits and evaluations, and where offline ones come from.
+"""Where offline records come from: a range of a dataset, or a window of a stream over it.
 
-`Records` is what a fit or an evaluation reads, whoever gathered it: the trainer stacks it
-from Kafka records, `load_records` collects it from the model over images. Those come either
-from a range of a dataset (every image once, in order) or from a window of a workload stream
-built over that range (`Stream`): fit on one window, evaluate on the next, with the same
-stream. Groups are the dataset index of each request (an image recurs in
-`instance-locality`; its errors are correlated).
+`load_records` collects `Records` (gati.probes.fitting.rows) from the model over images: either
+a range of a dataset (every image once, in order) or a window of a workload stream built over
+that range (`Stream`): fit on one window, evaluate on the next, with the same stream. Groups
+are the dataset index of each request (an image recurs in `instance-locality`; its errors are
+correlated).
 """
 
 from __future__ import annotations
@@ -19,26 +18,8 @@ import numpy as np
 from gati.data.cifar import load_dataset
 from gati.models import StagedModel
 from gati.probes.fitting.collect import cached_collect
+from gati.probes.fitting.rows import Records
 from gati.workloads import make_stream
-
-POOL4_CELLS = 16  # a pool4 record holds C channels x 4 x 4 cells
-
-
-@dataclass(frozen=True)
-class Records:
-    """Activation records in request order, with what is known about each request."""
-
-    acts: dict[str, np.ndarray]  # cut -> [N, C*16] pool4
-    logits: np.ndarray  # [N, K] base model
-    labels: np.ndarray | None = None  # [N] ground truth (None: unknown, as for live traffic)
-    groups: np.ndarray | None = None  # [N] dataset index of each request's image
-    seen: np.ndarray | None = None  # [N] bool: image appeared earlier in the stream
-    description: str = ""
-
-    @property
-    def channels(self) -> dict[str, int]:
-        """cut -> C, the channels of each cut's records."""
-        return {cut: a.shape[1] // POOL4_CELLS for cut, a in self.acts.items()}
 
 
 @dataclass(frozen=True)
@@ -73,7 +54,8 @@ def load_records(
     if stream is None:
         acts, logits = cached_collect(model, x, activations_dir, progress=progress)
         span = np.arange(start, start + len(x))
-        return Records(acts, logits, y, span, None, f"{data}[{start}:{start + len(x)}]")
+        description = f"{data}[{start}:{start + len(x)}]"
+        return Records(acts, logits, groups=span, labels=y, description=description)
     s = make_stream(stream.workload, x, y, stream.requests, stream.seed)
     lo, hi = stream.start, stream.requests if stream.stop is None else stream.stop
     if not 0 <= lo < hi <= len(s):
@@ -86,9 +68,9 @@ def load_records(
     return Records(
         acts,
         logits,
-        y[s.source[lo:hi]],
-        start + s.source[lo:hi],
-        np.isin(s.source[lo:hi], s.source[:lo]),
-        f"{stream.workload} requests {lo}:{hi} of {stream.requests} (seed {stream.seed}) "
-        f"over {data}[{start}:{start + len(x)}]",
+        groups=start + s.source[lo:hi],
+        labels=y[s.source[lo:hi]],
+        seen=np.isin(s.source[lo:hi], s.source[:lo]),
+        description=f"{stream.workload} requests {lo}:{hi} of {stream.requests} "
+        f"(seed {stream.seed}) over {data}[{start}:{start + len(x)}]",
     )
