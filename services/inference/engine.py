@@ -136,7 +136,7 @@ class Engine:
         if len(todo):
             self._forward(state, batch[todo], todo)
             if learned is not None:
-                learned.guard.served(name, state.version, len(todo), state.exits)
+                learned.served(name, state.version, len(todo), state.exits)
         if job is not None and job.rows:
             self.recorder.submit(job)  # type: ignore[union-attr]
         self.metrics.rows.labels(name).inc(n)
@@ -227,7 +227,7 @@ class Engine:
         if st.sent and st.learned is not None:  # lookups went out only with a plan
             per_lookup = st.lookup_s / len(st.sent)
             self.metrics.lookup_cost.labels(name).observe(per_lookup)
-            st.learned.payoff.account_lookups(name, st.version, st.sent, per_lookup, st.saved_s)
+            st.learned.account_lookups(name, st.version, st.sent, per_lookup, st.saved_s)
             unanswered = CacheClient.unanswered(st.pending)
             if unanswered:
                 self.metrics.lookup_unanswered.labels(name).inc(unanswered)
@@ -292,7 +292,7 @@ class Engine:
                     exiting[j] = (int(label), float(conf), p.layer)
         if not exiting:
             return None
-        shadow = learned.shadow
+        shadow = learned.shadow  # None: no hit is finished in the background
         remaining_s = float(self.stage_s[st.served.name][stage + 1 :].sum()) / len(st.alive)
         keep = np.ones(len(st.alive), dtype=bool)
         shadowed: list[tuple[int, int, str, RowRecord | None]] = []
@@ -311,11 +311,11 @@ class Engine:
             record = None
             if st.job is not None:
                 record = RowRecord(r, st.acts[p], True, layer, label, st.version)
-            if shadow.wanted():
+            if shadow is not None and shadow.wanted():
                 shadowed.append((j, r, layer, record))
             elif record is not None:
                 st.job.rows.append(record)  # type: ignore[union-attr]
-        if shadowed:
+        if shadow is not None and shadowed:
             accepted = shadow.submit(
                 st.served,
                 stage,
