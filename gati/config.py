@@ -71,8 +71,8 @@ def _parse(field: dataclasses.Field, hint: Any, raw: Any) -> Any:
 
 def setting(default: Any, help_text: str, choices: Sequence[str] | None = None) -> Any:
     """A config field with the help its flag shows, and the choices it takes if a fixed set:
-    its flag refuses others (`add_arguments`), and `check_choices` in the class's
-    `__post_init__` refuses them from the environment, a file or code."""
+    `check_choices` in the class's `__post_init__` refuses others, whether they came from a
+    flag, the environment, a file or code, with one message naming the field."""
     return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
 
 
@@ -97,8 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field (default None, so unset flags fall through to env and file).
 
     A bool field is a plain flag pair, `--name` / `--no-name` (its env and file values are
-    still parsed as true/false). A field with choices refuses others at the flag; its help
-    shows the metavar, not the choices."""
+    still parsed as true/false). Choices are checked when the config is built
+    (`check_choices`), so a bad value reads the same from any source."""
     parser.add_argument("--config", help="YAML or JSON file with settings (flags win over it)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -108,8 +108,6 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kind: dict[str, Any] = (
             {"action": argparse.BooleanOptionalAction} if is_bool else {"metavar": f.name.upper()}
         )
-        if f.metadata.get("choices"):
-            kind["choices"] = f.metadata["choices"]
         parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=help_text, **kind)
 
 

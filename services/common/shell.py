@@ -2,11 +2,10 @@
 
 Each service's `server.build` wires its parts and binds its gRPC port (services.common.
 grpc_server); from there all three do the same: health guarded by the essential threads,
-/metrics served, health SERVING, one start-up log line naming both ports (`go_live`; the
-reliability tests read the ports from it). Each `main.run` then prints where it listens,
-blocks until SIGTERM or SIGINT and stops (`run_until_signal`). `Service` is the base of their
-server objects, so stopping reads the same in tests and in production: drain the RPCs, then
-close the clients.
+/metrics served, health SERVING, one start-up log line naming both ports, on the service's
+own logger (`go_live`). Each `main.run` then prints where it listens, blocks until SIGTERM or
+SIGINT and stops (`run_until_signal`). `Service` is the base of their server objects, so
+stopping reads the same in tests and in production: drain the RPCs, then close the clients.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ def go_live(
     what: str,
     details: str = "",
     *,
-    logger: logging.Logger = log,
+    logger: logging.Logger,
 ) -> int | None:
     """Guard health with the essential threads, serve /metrics, say SERVING, log the ports
     (on the service's own `logger`, so the line names the service); returns the metrics port

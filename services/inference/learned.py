@@ -2,8 +2,9 @@
 
 The cache client plans and looks up; the live guard and the payoff switch narrow its plans and
 hear how each pass went; shadow completions finish a sample of hits. An engine has this only
-with a cache service and caches on. Each watcher is optional (None: off), and which are there
-is asked here, once per call, so the engine's request path reads the same whichever are given.
+with a cache service and caches on. Each watcher is optional (None: off); the guard and the
+payoff switch are asked for here, once per call, and the engine asks for `shadow` itself
+where it decides whether to finish a hit.
 """
 
 from __future__ import annotations

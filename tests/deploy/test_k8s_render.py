@@ -30,6 +30,31 @@ def test_every_overlay_renders(overlay: Path) -> None:
     assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "NetworkPolicy"} <= kinds
 
 
+def ids(overlay: str) -> list[str]:
+    return sorted(k8s.describe(o) for o in kustomize.render(k8s.K8S / "overlays" / overlay))
+
+
+def test_each_overlay_renders_what_it_promises_and_nothing_twice() -> None:
+    """dev is the base's objects; prod adds disruption budgets; sidecar runs the cache inside
+    the inference pod, so the cache service's own objects are deleted ($patch: delete)."""
+    dev, prod, sidecar = ids("dev"), ids("prod"), ids("sidecar")
+    for rendered in (dev, prod, sidecar):
+        assert len(rendered) == len(set(rendered))
+    workloads = {i for i in dev if i.split("/")[0] in ("Deployment", "StatefulSet")}
+    assert workloads == {
+        "Deployment/gati-cache", "Deployment/gati-inference", "Deployment/gati-trainer",
+        "StatefulSet/gati-kafka", "StatefulSet/gati-redis",
+    }  # fmt: skip
+    budgets = {f"PodDisruptionBudget/gati-{n}" for n in ("cache", "inference", "kafka")}
+    assert set(prod) == set(dev) | budgets
+    cache_own = {f"{kind}/gati-cache" for kind in ("Deployment", "Service", "ServiceAccount")}
+    cache_own |= {"NetworkPolicy/gati-cache", "PodDisruptionBudget/gati-cache"}
+    sidecar_policies = {
+        "NetworkPolicy/gati-inference-sidecar-cache", "NetworkPolicy/gati-redis-from-inference"
+    }  # fmt: skip
+    assert set(sidecar) == (set(prod) - cache_own) | sidecar_policies
+
+
 def test_every_kustomization_passes_the_lint() -> None:
     assert kustomization_lint.problems(k8s.K8S) == []
 

@@ -66,3 +66,23 @@ def test_a_new_bundle_version_starts_with_every_layer_on() -> None:
     v2 = ActivePlan("m", 2, PLAN.layers)
     requests(g, 1, late_saves_ms=0.0, version=2)
     assert active(g, v2) == {"early", "late"}
+
+
+class Sent:
+    """What the guard reads of a pending lookup: the layer it asked."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+
+
+def test_lookups_are_tallied_per_layer_each_at_the_pass_cost() -> None:
+    metrics = InferenceMetrics()
+    g = PayoffGuard(metrics, min_lookups=2, retry_seconds=60, clock=Clock())
+    lookups = [Sent("early"), Sent("early"), Sent("late")]
+    g.account_lookups("m", 1, lookups, 50e-6, {"early": 1e-3})
+    # early: 2 lookups, 0.1 ms cost, 1 ms saved -> judged, pays 0.45 ms a lookup
+    assert abs(metrics.layer_net_ms.labels("m", "early")._value.get() - 0.45) < 1e-9
+    assert active(g) == {"early", "late"}  # late: 1 lookup, not judged yet
+    g.account_lookups("m", 1, [Sent("late")], 50e-6, {})
+    assert abs(metrics.layer_net_ms.labels("m", "late")._value.get() + 0.05) < 1e-9
+    assert active(g) == {"early"}
