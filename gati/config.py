@@ -69,11 +69,22 @@ def _parse(field: dataclasses.Field, hint: Any, raw: Any) -> Any:
         raise ConfigError(f"{field.name}: {exc}") from None
 
 
-def setting(default: Any, help_text: str, choices: Sequence[str] | None = None) -> Any:
+def setting(
+    default: Any, help_text: str, choices: Sequence[str] | None = None, secret: bool = False
+) -> Any:
     """A config field with the help its flag shows, and the choices it takes if a fixed set:
     `check_choices` in the class's `__post_init__` refuses others, whether they came from a
-    flag, the environment, a file or code, with one message naming the field."""
-    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+    flag, the environment, a file or code, with one message naming the field.
+
+    A `secret` (a password) has no flag: a command line is readable by every local user
+    (`ps`), so it comes from the environment (a Secret's `secretKeyRef`) or the config file,
+    and its value is never shown (`repr` of the config prints ***)."""
+    metadata = {"help": help_text, "choices": choices, "secret": secret}
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
+
+
+def is_secret(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("secret"))
 
 
 def check_choices(config: object) -> None:
@@ -100,8 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     still parsed as true/false). Choices are checked when the config is built
     (`check_choices`), so a bad value reads the same from any source."""
     parser.add_argument("--config", help="YAML or JSON file with settings (flags win over it)")
+    secrets = _secret_settings(cls)
+    if secrets:
+        parser.epilog = f"{parser.epilog}\n{secrets}" if parser.epilog else secrets
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if is_secret(f):  # environment or config file only: see `setting`
+            continue
         help_text = f"{f.metadata.get('help', '')} (env {env_name(f.name)}; "
         help_text += f"default: {field_default(f)!r})"
         is_bool = base_type(hints[f.name]) is bool
@@ -145,6 +161,12 @@ def load(
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _secret_settings(cls: type) -> str:
+    """One line for --help: the secrets `cls` reads from the environment or file, never flags."""
+    secrets = [env_name(f.name) for f in dataclasses.fields(cls) if is_secret(f)]
+    return f"secrets (environment or --config file only): {', '.join(secrets)}" if secrets else ""
 
 
 def env_names(cls: type) -> set[str]:

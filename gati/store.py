@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from gati import names
+from gati.config import setting
 from gati.errors import InvalidArgument, NotFound
 from gati.probes.serving.bundle import Bundle, BundleError
 
@@ -110,6 +111,30 @@ class Announcement:
         return cls(model, version)
 
 
+@dataclass(frozen=True)
+class RedisSettings:
+    """Config fields of a service's Redis connection (a mixin). TLS is the URL's scheme
+    (rediss://); the password is a secret: environment or config file, never a flag."""
+
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0", "Redis holding the probe bundles (rediss://host:port: TLS)"
+    )
+    redis_username: str | None = setting(None, "Redis ACL user (unset: the default user)")
+    redis_password: str | None = setting(None, "Redis AUTH password (or in redis_url)", secret=True)
+    redis_tls_ca: str | None = setting(
+        None, "PEM CA that verifies a rediss:// server (unset: the system's CAs)"
+    )
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments of `connect` and `BundleStore` beside the URL."""
+        options: dict[str, Any] = {"password": self.redis_password}
+        if self.redis_username is not None:
+            options["username"] = self.redis_username
+        if self.redis_tls_ca is not None and self.redis_url.startswith("rediss://"):
+            options["ssl_ca_certs"] = self.redis_tls_ca
+        return options
+
+
 def connect(
     redis_url: str, password: str | None = None, timeout_s: float = 2.0, **kwargs: Any
 ) -> redis.Redis:
@@ -128,9 +153,15 @@ def connect(
 class BundleStore:
     """Publish, roll back and read probe bundles in Redis."""
 
-    def __init__(self, redis_url: str, password: str | None = None, timeout_s: float = 2.0):
+    def __init__(
+        self,
+        redis_url: str,
+        password: str | None = None,
+        timeout_s: float = 2.0,
+        **connect_options: Any,
+    ):
         self.redis_url = redis_url
-        self.client = connect(redis_url, password, timeout_s)
+        self.client = connect(redis_url, password, timeout_s, **connect_options)
         self._next_version = self.client.register_script(_NEXT_VERSION)
         self._commit = self.client.register_script(_COMMIT)
         self._report_served = self.client.register_script(_REPORT_SERVED)

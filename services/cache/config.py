@@ -6,15 +6,19 @@ from dataclasses import dataclass
 
 from gati import names
 from gati.config import require, setting
+from gati.signing import SigningSettings
+from gati.store import RedisSettings
+from services.common.tls import TlsSettings
 
 
 @dataclass(frozen=True)
-class CacheConfig:
+class CacheConfig(RedisSettings, TlsSettings, SigningSettings):
+    """The cache service's own settings, with Redis, TLS and signing ones (inherited: one
+    name, help and check in every service)."""
+
     host: str = setting("0.0.0.0", "address to bind")
     port: int = setting(names.CACHE_PORT, "gRPC port (0 picks a free one)")
     metrics_port: int = setting(names.CACHE_METRICS_PORT, "Prometheus port (0 picks, -1 disables)")
-    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis holding the probe bundles")
-    redis_password: str | None = setting(None, "Redis AUTH password (or in redis_url)")
     models: tuple[str, ...] = setting((), "models to hold bundles for (empty: every announced one)")
     refresh_seconds: float = setting(2.0, "re-read bundle pointers this often (pub/sub can lose)")
     redis_timeout_seconds: float = setting(
@@ -41,6 +45,8 @@ class CacheConfig:
     live_ttl_seconds: float = setting(600.0, "a live memory row no longer answers after this")
 
     def __post_init__(self) -> None:
+        self.check_tls()
+        self.check_signing()
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
         require(self.refresh_seconds > 0, "refresh_seconds", "must be positive")
         require(self.state_entries >= 1, "state_entries", "must be at least 1")

@@ -50,7 +50,9 @@ def build(config: CacheConfig) -> CacheServer:
     cpus.pin(config.cpus, "cache service")
     metrics = CacheMetrics()
     probes = ProbeStore(metrics)
-    store = BundleStore(config.redis_url, config.redis_password, config.redis_timeout_seconds)
+    store = BundleStore(
+        config.redis_url, timeout_s=config.redis_timeout_seconds, **config.redis_options()
+    )
     refresher = BundleRefresher(
         store,
         probes,
@@ -80,6 +82,7 @@ def build(config: CacheConfig) -> CacheServer:
             ),
             server,
         ),
+        config.server_credentials(),
     )
     if not refresher.sync_once():
         log.warning("no bundles at start: redis %s unreachable; retrying", config.redis_url)

@@ -64,6 +64,7 @@ def build_server(
     max_message_bytes: int,
     service_names: Iterable[str],
     reflection_names: Iterable[str],
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, GrpcServer]:
     """A started-later server with health + reflection registered; add servicers, then start."""
     options = [
@@ -78,9 +79,7 @@ def build_server(
     reflection.enable_server_reflection(
         (*reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+    bound = bind(server, host, port, credentials)
     handle = GrpcServer(server, bound, health_servicer, names)
     handle.set_serving(False)
     return server, handle
@@ -103,6 +102,7 @@ class AioGrpcServer:
         service_names: Iterable[str],
         reflection_names: Iterable[str],
         add_servicers: Callable[[grpc.aio.Server], None],
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.service_names = tuple(service_names)
         self.stopped = threading.Event()
@@ -126,9 +126,7 @@ class AioGrpcServer:
                 (*reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
             add_servicers(server)
-            bound = server.add_insecure_port(f"{host}:{port}")
-            if bound == 0:
-                raise OSError(f"cannot bind {host}:{port}")
+            bound = bind(server, host, port, credentials)
             await server.start()
             return server, bound
 
@@ -167,6 +165,24 @@ class AioGrpcServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         self.stopped.set()
+
+
+def bind(
+    server: grpc.Server | grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    """Listen on host:port (TLS when `credentials`, see services.common.tls); the port bound.
+    Health and reflection share it, so they sit behind the same credentials."""
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
+        raise OSError(f"cannot bind {address}")
+    return bound
 
 
 def _statuses(handle: GrpcServer | AioGrpcServer, serving: bool) -> list[tuple[str, int]]:

@@ -12,10 +12,15 @@ are quietened and the services log state changes themselves.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from gati.config import check_choices, require, setting
+from services.common.tls import read_pem
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,76 @@ def quiet_kafka_logging() -> None:
         logger.setLevel(logging.CRITICAL)
 
 
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Config fields of a Kafka client's TLS and SASL, passed through to kafka-python (a mixin;
+    call `check_kafka_security` in `__post_init__`). The password is a secret: environment
+    (`GATI_KAFKA_SASL_PASSWORD`, from a Secret) or config file, never a flag, never logged."""
+
+    kafka_security_protocol: str = setting(
+        "PLAINTEXT", "how to reach the brokers", choices=PROTOCOLS
+    )
+    kafka_ssl_ca: str | None = setting(None, "PEM CA that verifies the brokers (SSL, SASL_SSL)")
+    kafka_ssl_cert: str | None = setting(None, "PEM client certificate for brokers that ask")
+    kafka_ssl_key: str | None = setting(None, "PEM private key of kafka_ssl_cert")
+    kafka_sasl_mechanism: str = setting(
+        "PLAIN", "SASL mechanism (SASL_PLAINTEXT, SASL_SSL)", choices=MECHANISMS
+    )
+    kafka_sasl_username: str | None = setting(None, "SASL username")
+    kafka_sasl_password: str | None = setting(None, "SASL password", secret=True)
+
+    def check_kafka_security(self) -> None:
+        check_choices(self)
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl:
+            require(self.kafka_sasl_username is not None, "kafka_sasl_username", "SASL needs it")
+            require(
+                self.kafka_sasl_password is not None,
+                "kafka_sasl_password",
+                "SASL needs it (env GATI_KAFKA_SASL_PASSWORD or the config file)",
+            )
+        require(
+            (self.kafka_ssl_cert is None) == (self.kafka_ssl_key is None),
+            "kafka_ssl_cert",
+            "kafka_ssl_cert and kafka_ssl_key go together",
+        )
+        for name in ("kafka_ssl_ca", "kafka_ssl_cert", "kafka_ssl_key"):
+            read_pem(getattr(self, name), name)
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Keyword arguments for KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.endswith("SSL"):
+            options.update(
+                ssl_cafile=self.kafka_ssl_ca,
+                ssl_certfile=self.kafka_ssl_cert,
+                ssl_keyfile=self.kafka_ssl_key,
+                ssl_check_hostname=True,
+            )
+        if self.kafka_security_protocol.startswith("SASL_"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        return options
+
+
 class TopicMissing(KafkaError):
     """The topic does not exist and this service was told not to create it."""
 
 
 def ensure_topic(
-    bootstrap: str, topic: str, partitions: int = 1, timeout_ms: int = 3000, create: bool = True
+    bootstrap: str,
+    topic: str,
+    partitions: int = 1,
+    timeout_ms: int = 3000,
+    create: bool = True,
+    security: dict[str, Any] | None = None,
 ) -> str:
     """Create `topic` unless it exists (or raise TopicMissing if `create` is off); return its
     topic id.
@@ -45,13 +114,14 @@ def ensure_topic(
     The id tells a consumer whether the topic it reads is still the one it joined: a broker
     that lost its state (a restarted Tansu) gives the re-created topic a new id, while its
     offsets start from 0 again. Raises KafkaError (e.g. KafkaTimeoutError) when the broker
-    cannot be reached.
+    cannot be reached. `security`: `KafkaSecurity.kafka_options()`.
     """
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         request_timeout_ms=timeout_ms,
         client_id="gati-admin",
+        **(security or {}),
     )
     try:
         if topic not in admin.list_topics():
@@ -76,6 +146,7 @@ def ensure_topic(
 __all__ = [
     "BOOTSTRAP_TIMEOUT_MS",
     "KafkaError",
+    "KafkaSecurity",
     "TopicMissing",
     "ensure_topic",
     "quiet_kafka_logging",

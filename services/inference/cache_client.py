@@ -23,6 +23,7 @@ import torch
 
 from gati.models import StagedModel
 from gati.probes.serving.reductions import grid, reduce
+from services.common.tls import ClientTls
 from services.inference.handoff import (
     CONNECTED,
     ERROR_FLAG,
@@ -133,6 +134,7 @@ class CacheClient:
         arena_slots: int = 64,
         arena_slot_bytes: int = 256 << 10,
         relay_cpus: str = "",
+        tls: ClientTls | None = None,
     ) -> None:
         self.address = address
         self._model_index = {name: i for i, name in enumerate(models)}
@@ -141,7 +143,7 @@ class CacheClient:
         self.handoff = Handoff.create(slots, self._max_rows, arena_slots, arena_slot_bytes)
         self._routes: dict[tuple[str, int, str, int], _Route] = {}
         self.relay = RelayProcess(
-            address, models, self.handoff, metrics, max_message_bytes, relay_cpus
+            address, models, self.handoff, metrics, max_message_bytes, relay_cpus, tls
         )
         self.plans = PlanFeed(
             address,
@@ -150,6 +152,7 @@ class CacheClient:
             lambda: self.relay.connected,
             plan_refresh_seconds,
             max_message_bytes,
+            tls,
         )
         self.relay.supervise(on_connect=self.plans.wake)  # a new stream: fetch plans at once
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from gati import names
 from gati.config import ConfigError, require, setting
+from gati.signing import SigningSettings
+from services.common.kafka import KafkaSecurity
+from services.common.tls import TlsSettings
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,10 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(KafkaSecurity, TlsSettings, SigningSettings):
+    """The inference service's own settings, with Kafka, TLS and signing ones (inherited:
+    one name, help and check in every service)."""
+
     host: str = setting("0.0.0.0", "address to bind")
     port: int = setting(names.INFERENCE_PORT, "gRPC port (0 picks a free one)")
     metrics_port: int = setting(
@@ -82,6 +88,9 @@ class InferenceConfig:
     )
 
     def __post_init__(self) -> None:
+        self.check_kafka_security()
+        self.check_tls()
+        self.check_signing()
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
         require(-1 <= self.http_port < 65536, "http_port", f"must be -1..65535: {self.http_port}")
         require(self.threads >= 0, "threads", "must be >= 0 (0: torch's default)")

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from gati import names
 from gati.api import cache_pb2, cache_pb2_grpc
 from gati.models import StagedModel
+from services.common.tls import ClientTls, channel
 from services.inference.metrics import InferenceMetrics
 from services.inference.plan import ActivePlan, check_plan
 
@@ -40,6 +41,7 @@ class PlanFeed:
         connected: Callable[[], bool],
         refresh_seconds: float = 1.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        tls: ClientTls | None = None,
     ) -> None:
         self.address = address
         self.latest: dict[str, ActivePlan | None] = dict.fromkeys(models)
@@ -51,8 +53,9 @@ class PlanFeed:
         # did not say); absent while it has one, or before it was first asked
         self._missing: dict[str, tuple[str, ...] | None] = {}
         self._channels: dict[str, dict[str, int]] = {}  # model -> cut -> channels
-        self._channel = grpc.insecure_channel(
+        self._channel = channel(
             address,
+            tls,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),

@@ -109,6 +109,7 @@ class Recorder:
         self.bootstrap = config.kafka_bootstrap
         self.topic = config.records_topic
         self.create_topic = config.create_topic
+        self.security = config.kafka_options()  # TLS and SASL, passed through (never logged)
         self.reduction = config.record_reduction
         self.capacity = config.record_queue  # rows
         self.max_inflight = max_inflight or config.record_queue
@@ -232,7 +233,10 @@ class Recorder:
             if self._producer is None:
                 self._check_topic()
                 self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap, client_id="gati-recorder", **PRODUCER_SETTINGS
+                    bootstrap_servers=self.bootstrap,
+                    client_id="gati-recorder",
+                    **PRODUCER_SETTINGS,
+                    **self.security,
                 )
                 log.info("recording activations to Kafka %s topic %s", self.bootstrap, self.topic)
             elif self._recheck_topic and time.monotonic() - self._topic_checked > 5.0:
@@ -249,7 +253,7 @@ class Recorder:
     def _check_topic(self) -> None:
         self._topic_checked = time.monotonic()
         self._recheck_topic = False
-        ensure_topic(self.bootstrap, self.topic, create=self.create_topic)
+        ensure_topic(self.bootstrap, self.topic, create=self.create_topic, security=self.security)
 
     def _unreachable(self, exc: BaseException) -> None:
         delay = self._backoff.failed()

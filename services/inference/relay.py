@@ -33,6 +33,7 @@ import numpy as np
 from gati.api import cache_pb2, cache_pb2_grpc
 from services.common import cpus
 from services.common.backoff import Backoff
+from services.common.tls import ClientTls, aio_channel
 from services.inference.handoff import (
     CONNECTED,
     CONSUMED,
@@ -68,6 +69,7 @@ class RelaySpec:
     max_message_bytes: int
     cpus: str = ""  # cpu list to pin to ("" : inherit the parent's)
     log_level: str = "INFO"
+    tls: dict[str, str | None] | None = None  # ClientTls's file paths (None: plaintext)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -198,7 +200,8 @@ class Relay:
         ]
         backoff = Backoff(0.05, 2.0)
         while True:
-            async with grpc.aio.insecure_channel(self.spec.address, options=options) as channel:
+            tls = ClientTls(**self.spec.tls) if self.spec.tls is not None else None
+            async with aio_channel(self.spec.address, tls, options) as channel:
                 try:
                     await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
                     backoff.reset()

@@ -20,11 +20,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import numpy as np
 
 from gati.models import StagedModel
 from services.common.backoff import Backoff
+from services.common.tls import ClientTls
 from services.inference.handoff import CONNECTED, CONSUMED, LABELS, LOOKUP, Frame, Handoff
 from services.inference.metrics import InferenceMetrics
 from services.inference.relay import RelaySpec
@@ -47,6 +49,7 @@ class RelayProcess:
         metrics: InferenceMetrics,
         max_message_bytes: int,
         cpus: str = "",
+        tls: ClientTls | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -58,6 +61,7 @@ class RelayProcess:
         self._metrics = metrics
         self._max_message_bytes = max_message_bytes
         self._cpus = cpus
+        self._tls = tls
         # model -> (its index in the relay's model table, its label-messages-sent counter)
         self._label_models = {
             name: (i, metrics.labels_sent.labels(name)) for i, name in enumerate(models)
@@ -168,6 +172,7 @@ class RelayProcess:
             max_message_bytes=self._max_message_bytes,
             cpus=self._cpus,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            tls=asdict(self._tls) if self._tls is not None else None,
         )
         try:
             self._process = subprocess.Popen(

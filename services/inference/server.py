@@ -115,6 +115,7 @@ def build(config: InferenceConfig) -> InferenceServer:
         config.max_message_bytes,
         (names.HEALTH_INFERENCE,),
         (grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,),
+        config.server_credentials(),
     )
     metrics = InferenceMetrics()
     models = load_models(config)
@@ -128,6 +129,7 @@ def build(config: InferenceConfig) -> InferenceServer:
             config.max_message_bytes,
             max_rows=config.max_batch,
             relay_cpus=relay_cpus,
+            tls=config.client_tls(),
         )
     recorder: RecordSink | None = None
     if config.kafka_bootstrap:

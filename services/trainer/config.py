@@ -11,12 +11,19 @@ from dataclasses import dataclass, fields
 from gati import names
 from gati.config import require, setting
 from gati.probes.fitting.fit_config import CostConfig, FitConfig
+from gati.signing import SigningSettings
+from gati.store import RedisSettings
+from services.common.kafka import KafkaSecurity
+from services.common.tls import TlsSettings
 
 
 @dataclass(frozen=True)
-class TrainerConfig(FitConfig, CostConfig):
-    """The trainer's own settings, and every fit and cost-model setting of
-    `gati probes fit` (inherited: one name, one default and one check for both)."""
+class TrainerConfig(
+    FitConfig, CostConfig, RedisSettings, KafkaSecurity, TlsSettings, SigningSettings
+):
+    """The trainer's own settings, every fit and cost-model setting of `gati probes fit`,
+    and the Redis, Kafka, TLS and signing ones (inherited: one name, one default and one
+    check wherever they are used)."""
 
     host: str = setting("0.0.0.0", "address to bind (health only)")
     port: int = setting(names.TRAINER_PORT, "gRPC health port (0 picks a free one)")
@@ -31,8 +38,6 @@ class TrainerConfig(FitConfig, CostConfig):
         "where the topic Job creates it with its replication",
     )
     group_id: str = setting(names.TRAINER_GROUP, "Kafka consumer group")
-    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis receiving the probe bundles")
-    redis_password: str | None = setting(None, "Redis AUTH password (or in redis_url)")
     model: str | None = setting(
         None,
         "served model name the trainer learns for (records are read and bundles published "
@@ -72,6 +77,9 @@ class TrainerConfig(FitConfig, CostConfig):
     def __post_init__(self) -> None:
         FitConfig.__post_init__(self)
         CostConfig.__post_init__(self)
+        self.check_kafka_security()
+        self.check_tls()
+        self.check_signing()
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
         require(self.window_records >= 100, "window_records", "must be at least 100")
         require(self.window_seconds > 0, "window_seconds", "must be positive")

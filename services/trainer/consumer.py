@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -56,6 +57,7 @@ class RecordSource:
         on_commit_error: Callable[[], None] | None = None,
         on_rejoin: Callable[[str], None] | None = None,
         on_error: Callable[[], None] | None = None,
+        security: dict[str, Any] | None = None,
     ) -> None:
         quiet_kafka_logging()
         self.bootstrap = bootstrap
@@ -64,6 +66,7 @@ class RecordSource:
         self.session_timeout_ms = session_timeout_ms
         self.topic_check_seconds = topic_check_seconds
         self.create_topic = create_topic
+        self.security = security or {}  # KafkaSecurity.kafka_options(): TLS, SASL (never logged)
         self.max_poll_records = max_poll_records
         self._on_commit_error = on_commit_error or (lambda: None)
         self._on_rejoin = on_rejoin or (lambda reason: None)
@@ -128,7 +131,9 @@ class RecordSource:
             return None
         self._checked = now
         try:
-            topic_id = ensure_topic(self.bootstrap, self.topic, create=self.create_topic)
+            topic_id = ensure_topic(
+                self.bootstrap, self.topic, create=self.create_topic, security=self.security
+            )
         except KafkaError as exc:
             self._lost(exc)
             return None
@@ -170,6 +175,7 @@ class RecordSource:
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             reconnect_backoff_max_ms=2000,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **self.security,
         )
         consumer.subscribe([self.topic])
         self._uncommitted = False

@@ -69,6 +69,7 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         on_commit_error=metrics.commit_errors.inc,
         on_rejoin=lambda reason: metrics.rejoins.inc() if reason != "start" else None,
         on_error=lambda: metrics.threads.error("trainer"),
+        security=config.kafka_options(),
     )
     learner = Learner(
         model,
@@ -102,7 +103,13 @@ def build(config: TrainerConfig) -> TrainerServer:
         raise ConfigError("model: the trainer needs --model and --arch (and --weights)")
     torch.set_num_threads(config.threads)
     server, handle = build_server(
-        config.host, config.port, 4, 4 * 1024 * 1024, (names.HEALTH_TRAINER,), ()
+        config.host,
+        config.port,
+        4,
+        4 * 1024 * 1024,
+        (names.HEALTH_TRAINER,),
+        (),
+        config.server_credentials(),
     )
     server.start()  # health answers NOT_SERVING while the model loads
     metrics = TrainerMetrics()

@@ -1,0 +1,119 @@
+"""TLS, optionally mutual, for every gRPC server and channel gati opens.
+
+One set of settings per process (`TlsSettings`, a config mixin): the certificate and key it
+serves, which it also shows when it calls another service (inside the mesh each service is
+both), and the CA that verifies its peers: the servers it calls, and, under
+`tls_client_auth`, the clients that call it. Without a certificate a server listens in
+plaintext and a client with no CA dials in plaintext: local development stays as it was.
+
+Health and reflection ride the same port, so they sit behind the same credentials: a
+kubelet's gRPC probe cannot present a client certificate, which is why the manifests probe
+with `grpc_health_probe`-style exec commands when mutual TLS is on (see deploy/k8s/README.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gati.config import ConfigError, require, setting
+
+
+def read_pem(path: str | None, field: str) -> bytes | None:
+    """The file's bytes (None for no path); ConfigError naming `field` if unreadable."""
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{field}: {path} is not a PEM file")
+    return data
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client needs to dial a TLS server, as file paths (so it can travel to a child
+    process's command line without the key itself): the CA, and its own pair for mutual TLS."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        require((self.cert is None) == (self.key is None), "tls_cert", "cert and key go together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            read_pem(self.ca, "tls_ca"),
+            read_pem(self.key, "tls_key"),
+            read_pem(self.cert, "tls_cert"),
+        )
+
+
+def channel(
+    address: str, tls: ClientTls | None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A blocking channel: TLS when `tls` is given, else plaintext."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, tls.credentials(), options=list(options))
+
+
+def aio_channel(
+    address: str, tls: ClientTls | None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """As `channel`, for grpc.aio."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, tls.credentials(), options=list(options))
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Config fields of a service's TLS (a mixin; call `check_tls` in `__post_init__`)."""
+
+    tls_cert: str | None = setting(
+        None,
+        "PEM certificate (chain) this service serves and shows when it calls another; "
+        "with tls_key: TLS on (unset: plaintext)",
+    )
+    tls_key: str | None = setting(None, "PEM private key of tls_cert")
+    tls_ca: str | None = setting(
+        None,
+        "PEM CA bundle that verifies peers: the services this one calls (set: dial them "
+        "with TLS) and, under tls_client_auth, its clients",
+    )
+    tls_client_auth: bool = setting(
+        False, "mutual TLS: refuse clients without a certificate signed by tls_ca"
+    )
+
+    def check_tls(self) -> None:
+        require((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "set tls_key too")
+        if self.tls_client_auth:
+            require(self.tls_cert is not None, "tls_client_auth", "needs tls_cert and tls_key")
+            require(self.tls_ca is not None, "tls_client_auth", "needs tls_ca (verifies clients)")
+        read_pem(self.tls_cert, "tls_cert")
+        read_pem(self.tls_key, "tls_key")
+        read_pem(self.tls_ca, "tls_ca")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Credentials for the listening port; None: plaintext."""
+        if self.tls_cert is None:
+            return None
+        pair = (read_pem(self.tls_key, "tls_key"), read_pem(self.tls_cert, "tls_cert"))
+        roots = read_pem(self.tls_ca, "tls_ca") if self.tls_client_auth else None
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=roots, require_client_auth=self.tls_client_auth
+        )
+
+    def client_tls(self) -> ClientTls | None:
+        """How this service dials the ones it calls; None (no tls_ca): plaintext."""
+        if self.tls_ca is None:
+            return None
+        return ClientTls(self.tls_ca, self.tls_cert, self.tls_key)
