@@ -5,9 +5,11 @@ Both servers run as separate processes on loopback with the same message sizes: 
 server (the same gati.v1 Lookup method on the same grpc.aio server, answering without
 evaluating anything) and `gati serve cache` with a bundle from a private Redis. One client
 stream sends a lookup and waits for its reply, as the inference service's stream does.
+With --tls (the default) a second cache service on the same Redis serves mutual TLS, as a
+mesh would run it, so the table shows what TLS costs a lookup, measured side by side.
 
     gati bench rtt [--requests 2000] [--rounds 2] [--selector max-softmax]
-                                 [--memory 0] [--json PATH]
+                                 [--memory 0] [--no-tls] [--json PATH]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gati.api import cache_pb2, cache_pb2_grpc
 from gati.probes.fitting.synthetic import random_bundle
 from gati.probes.serving.runtime import ProbeRuntime
 from gati.store import BundleStore
+from launch.certificates import generate
 from launch.ports import LOCALHOST, free_port
 from launch.processes import (
     ManagedProcess,
@@ -39,7 +42,8 @@ from launch.processes import (
     wait_for_port,
     wait_serving,
 )
-from launch.topology import Cache
+from launch.topology import Cache, StackTls
+from services.common.tls import ClientTls, channel
 
 MODEL = "rtt"
 # What a ResNet's cuts send: pool1 of 16 channels, pool2 of 32, pool4 of 64.
@@ -97,8 +101,10 @@ class RoundTrips:
     probe_ms: float | None = None  # mean ProbeRuntime.lookup alone, in this process
 
 
-def measure(address: str, layer: str, requests: int, warmup: int = 200) -> np.ndarray:
-    """Seconds per round trip of `requests` one-row lookups on one stream."""
+def measure(
+    address: str, layer: str, requests: int, warmup: int = 200, tls: ClientTls | None = None
+) -> np.ndarray:
+    """Seconds per round trip of `requests` one-row lookups on one stream (TLS if `tls`)."""
     outbox: queue.SimpleQueue = queue.SimpleQueue()
 
     def send() -> Iterator[cache_pb2.LookupRequest]:
@@ -106,9 +112,9 @@ def measure(address: str, layer: str, requests: int, warmup: int = 200) -> np.nd
             yield item
 
     x = np.random.default_rng(0).normal(size=(1, DIMS[layer])).astype(np.float32)
-    with grpc.insecure_channel(address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
-        replies = cache_pb2_grpc.CacheServiceStub(channel).Lookup(send())
+    with channel(address, tls) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        replies = cache_pb2_grpc.CacheServiceStub(ch).Lookup(send())
         times = np.empty(requests)
         for i in range(warmup + requests):
             request = cache_pb2.LookupRequest(
@@ -171,8 +177,10 @@ def run_benchmark(
     work: Path,
     selector: str = "logistic",
     memory_size: int = 512,
+    tls: bool = True,
 ) -> list[RoundTrips]:
-    """Start Redis, the echo server and `gati serve cache`; alternate measurements."""
+    """Start Redis, the echo server and `gati serve cache` (and one behind mutual TLS);
+    alternate measurements."""
     redis_port, echo_port, cache_port, metrics_port = (free_port() for _ in range(4))
     procs = [start_redis(redis_port, work)]
     try:
@@ -187,15 +195,29 @@ def run_benchmark(
             log_level="WARNING",
         )  # fmt: skip
         procs.append(start_service(cache, work / "cache.log"))
+        targets: list[tuple[str, Cache]] = [("cache", cache)]
+        if tls:
+            made = generate(work / "tls", names=("stack",))
+            pair = StackTls(str(made.ca), str(made["stack"].cert), str(made["stack"].key))
+            secure = Cache(
+                port=free_port(), redis_url=url, host=LOCALHOST, log_level="WARNING",
+                name="cache-tls", tls=pair,
+            )  # fmt: skip
+            procs.append(start_service(secure, work / "cache-tls.log"))
+            targets.append(("cache+mtls", secure))
         wait_for_port(LOCALHOST, echo_port, 30, procs[1].proc)
-        wait_serving(cache, procs[2], 60)
+        for (_, service), proc in zip(targets, procs[2:], strict=True):
+            wait_serving(service, proc, 60)
         times: dict[tuple[str, str], list[np.ndarray]] = {}
         inside: dict[str, list[float]] = {layer: [0.0, 0.0] for layer in LAYERS}
-        for _ in range(rounds):  # interleaved, so drifting load on the machine hits both
+        for _ in range(rounds):  # interleaved, so drifting load on the machine hits them all
             for layer in LAYERS:
-                for server, port in (("echo", echo_port), ("cache", cache_port)):
+                times.setdefault(("echo", layer), []).append(
+                    measure(f"127.0.0.1:{echo_port}", layer, requests)
+                )
+                for server, service in targets:
                     before = scrape_latency(metrics_port)
-                    t = measure(f"127.0.0.1:{port}", layer, requests)
+                    t = measure(service.address, layer, requests, tls=service.client_tls)
                     times.setdefault((server, layer), []).append(t)
                     if server == "cache":
                         after = scrape_latency(metrics_port)
@@ -217,7 +239,7 @@ def run_benchmark(
 
 def table(results: list[RoundTrips]) -> str:
     lines = [
-        f"{'server':6} {'layer':9} {'floats':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'server':10} {'layer':9} {'floats':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
         f"{'inside':>7} {'probe':>7}"
     ]
     by = {(r.server, r.layer): r for r in results}
@@ -228,7 +250,7 @@ def table(results: list[RoundTrips]) -> str:
             else ""
         )
         lines.append(
-            f"{r.server:6} {r.layer:9} {r.floats:6d} "
+            f"{r.server:10} {r.layer:9} {r.floats:6d} "
             f"{r.p50_ms:7.3f} {r.p90_ms:7.3f} {r.p99_ms:7.3f}{extra}"
         )
     lines.append("inside: mean ms within the cache service; probe: ProbeRuntime.lookup alone")
@@ -236,6 +258,9 @@ def table(results: list[RoundTrips]) -> str:
         if ("echo", layer) in by and ("cache", layer) in by:
             ratio = by[("cache", layer)].p50_ms / by[("echo", layer)].p50_ms
             lines.append(f"p50 lookup / bare ping-pong at {layer}: {ratio:.2f}x (target <= 1.2x)")
+        if ("cache+mtls", layer) in by and ("cache", layer) in by:
+            ratio = by[("cache+mtls", layer)].p50_ms / by[("cache", layer)].p50_ms
+            lines.append(f"p50 lookup over mutual TLS / plaintext at {layer}: {ratio:.2f}x")
     return "\n".join(lines)
 
 
@@ -249,6 +274,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="selector of the probe looked up",
     )
     parser.add_argument("--memory", type=int, default=512, help="novelty memory entries (0: none)")
+    parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure a cache service behind mutual TLS (--no-tls: plaintext only)",
+    )
     parser.add_argument(
         "--json", default=None, metavar="PATH", help="write the figures here as JSON"
     )
@@ -266,7 +297,9 @@ def run(args: argparse.Namespace) -> int:
         serve_echo(args.echo)
         return 0
     with tempfile.TemporaryDirectory(prefix="gati-rtt-") as tmp:
-        results = run_benchmark(args.requests, args.rounds, Path(tmp), args.selector, args.memory)
+        results = run_benchmark(
+            args.requests, args.rounds, Path(tmp), args.selector, args.memory, args.tls
+        )
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")

@@ -30,6 +30,7 @@ COMMANDS: dict[tuple[str | None, str], str] = {
     (None, "up"): "start broker, Redis and the three services locally",
     (None, "down"): "stop everything `gati up` started",
     (None, "status"): "show what `gati up` runs and its health",
+    (None, "health"): "ask one service's gRPC health (over TLS when set)",
     (None, "demo"): "the demo: a stream through the stack, live figures",
 }
 
@@ -66,6 +67,8 @@ def leaf(command: tuple[str | None, str]) -> ModuleType:
             from cli.local import down as module
         case (None, "status"):
             from cli.local import status as module
+        case (None, "health"):
+            from cli import health as module
         case (None, "demo"):
             from cli import demo as module
         case _:

@@ -2,20 +2,25 @@
 
 Verifies the bundle first (a corrupt one never reaches Redis), assigns the next version,
 points the model at it and announces it; the cache services follow within about a second.
+With --signing-keys (env GATI_SIGNING_KEYS) the bundle is signed, as the trainer signs, so
+cache services that check signatures take it; without, it is published unsigned.
 Prints the new version number on stdout (and nothing else there, so scripts can read it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import redis
 
-from cli.redis_options import add_redis_arguments, resolve_redis
+from cli.redis_options import add_redis_arguments, connect_options, resolve_redis
+from gati import names
 from gati.config import redacted
 from gati.errors import GatiError
 from gati.probes.serving.bundle import Bundle, BundleError
+from gati.signing import SigningSettings
 from gati.store import BundleStore, served_mismatch
 
 
@@ -37,13 +42,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the bundle was fitted to (checked against what the cache services report in Redis)",
     )
     add_redis_arguments(parser)
+    parser.add_argument(
+        "--signing-keys",
+        default=os.environ.get(names.ENV_PREFIX + "SIGNING_KEYS"),
+        help="directory of HMAC keys, one file per key id, to sign the bundle with "
+        "(env GATI_SIGNING_KEYS; default: with no --redis-url, the `gati up` stack's key, "
+        "else unsigned, which cache services with keys refuse)",
+    )
+    parser.add_argument(
+        "--signing-key-id",
+        default=os.environ.get(names.ENV_PREFIX + "SIGNING_KEY_ID"),
+        help="id of the key that signs (env GATI_SIGNING_KEY_ID; default: the only key there)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     resolve_redis(args)
+    keyring = SigningSettings(args.signing_keys, args.signing_key_id).keyring()  # ConfigError
     try:
         bundle = Bundle.load(args.bundle)
-        store = BundleStore(args.redis_url, args.redis_password)
+        store = BundleStore(args.redis_url, keyring=keyring, **connect_options(args))
         try:
             if not _check_served(store, bundle, args.model or bundle.model_id, args.force):
                 return 2

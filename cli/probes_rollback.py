@@ -11,7 +11,7 @@ import sys
 
 import redis
 
-from cli.redis_options import add_redis_arguments, resolve_redis
+from cli.redis_options import add_redis_arguments, connect_options, resolve_redis
 from gati.config import redacted
 from gati.errors import GatiError
 from gati.store import BundleStore
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     resolve_redis(args)
-    store = BundleStore(args.redis_url, args.redis_password)
+    store = BundleStore(args.redis_url, **connect_options(args))  # ConfigError: exit 2
     try:
         store.rollback(args.model, args.bundle_version)
     except GatiError as exc:

@@ -3,6 +3,12 @@
 With no --redis-url (nor GATI_REDIS_URL), the commands use the Redis of the `gati up` stack
 recorded in --run-dir (default .gati), with its generated password: that Redis listens on a
 port `gati up` picked, so the default URL would reach another Redis or none at all.
+
+A secured Redis is reached as the services reach it (`gati.store.RedisSettings`): TLS is the
+URL's scheme (rediss://, verified against --redis-tls-ca or the system's CAs), an ACL user is
+--redis-username, and the password is best given in GATI_REDIS_PASSWORD: a flag's value is
+readable by every local user (`ps`). `connect_options` turns the flags into BundleStore's
+keyword arguments.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from cli.local import state as st
 from gati import names
 from gati.config import ConfigError, redacted
+from gati.store import RedisSettings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -28,8 +36,20 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-password",
         default=os.environ.get(names.ENV_PREFIX + "REDIS_PASSWORD"),
-        help="Redis AUTH password (env GATI_REDIS_PASSWORD, or put it in the URL; default: "
-        "none, or the `gati up` stack's)",
+        help="Redis AUTH password; prefer env GATI_REDIS_PASSWORD, as a flag's value is "
+        "visible to every local user in `ps` (or put it in the URL; default: none, or the "
+        "`gati up` stack's)",
+    )
+    parser.add_argument(
+        "--redis-username",
+        default=os.environ.get(names.ENV_PREFIX + "REDIS_USERNAME"),
+        help="Redis ACL user (env GATI_REDIS_USERNAME; default: the default user)",
+    )
+    parser.add_argument(
+        "--redis-tls-ca",
+        default=os.environ.get(names.ENV_PREFIX + "REDIS_TLS_CA"),
+        help="PEM CA that verifies a rediss:// Redis (env GATI_REDIS_TLS_CA; default: the "
+        "system's CAs)",
     )
     parser.add_argument(
         "--run-dir",
@@ -40,9 +60,9 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_redis(args: argparse.Namespace) -> None:
-    """Fill in args.redis_url (and args.redis_password) when no URL was given: from the run
-    directory's `gati up` state (said on stderr, so the Redis used is never a guess), else
-    DEFAULT_REDIS_URL.
+    """Fill in args.redis_url (and args.redis_password, and for a command that signs,
+    args.signing_keys) when no URL was given: from the run directory's `gati up` state (said
+    on stderr, so the Redis used is never a guess), else DEFAULT_REDIS_URL.
     A --run-dir that records no stack is a ConfigError (exit 2), not a silent default."""
     if args.redis_url:
         return
@@ -62,7 +82,33 @@ def resolve_redis(args: argparse.Namespace) -> None:
     args.redis_url = state.redis_url
     if args.redis_password is None:  # the stack's own password, never sent to another Redis
         args.redis_password = state.redis_password
+    if getattr(args, "signing_keys", False) is None:  # the stack's key: its cache checks it
+        args.signing_keys = state.signing_keys
     print(
         f"using the Redis of the `gati up` stack in {run_dir}: {redacted(state.redis_url)}",
         file=sys.stderr,
     )
+
+
+def connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """BundleStore's keyword arguments beside the URL (password, ACL user, TLS CA), from the
+    flags as `resolve_redis` left them; the same mapping as the services' `redis_options`.
+
+    A CA with a redis:// URL is a ConfigError, not ignored: TLS is the URL's scheme, and a
+    CA given for nothing means the connection would silently go unencrypted."""
+    ca = args.redis_tls_ca or None  # an empty environment variable is unset
+    if ca is not None:
+        if not args.redis_url.startswith("rediss://"):
+            raise ConfigError(
+                f"redis_tls_ca: given, but the Redis URL {redacted(args.redis_url)} is not "
+                "rediss:// (TLS is the URL's scheme)"
+            )
+        if not (os.path.isfile(ca) and os.access(ca, os.R_OK)):
+            raise ConfigError(f"redis_tls_ca: {ca} is not a readable file")
+    settings = RedisSettings(
+        redis_url=args.redis_url,
+        redis_username=args.redis_username or None,
+        redis_password=args.redis_password,
+        redis_tls_ca=ca,
+    )
+    return settings.redis_options()

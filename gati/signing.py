@@ -173,9 +173,11 @@ class SigningSettings:
         self.keyring()
 
     def keyring(self) -> Keyring | None:
-        """The loaded keys (ConfigError naming the field when unusable); None: signing off."""
-        if self.signing_keys is None:
-            if self.signing_key_id is not None:
+        """The loaded keys (ConfigError naming the field when unusable); None: signing off.
+        An empty value (an empty environment variable) is unset, never the current directory."""
+        directory, key_id = self.signing_keys or None, self.signing_key_id or None
+        if directory is None:
+            if key_id is not None:
                 raise ConfigError("signing_key_id: set signing_keys too (the key directory)")
             return None
-        return Keyring.load(self.signing_keys, self.signing_key_id)
+        return Keyring.load(directory, key_id)

@@ -10,6 +10,11 @@ Redis is the source of truth for which bundle a model uses. Per model (key names
 and every move of a pointer is announced on BUNDLE_CHANNEL as JSON {"model", "version"}.
 Pub/sub is at-most-once, so readers also poll the pointer (see services/cache/refresher.py).
 
+With a keyring (`gati.signing`), `publish` stores the bundle bytes sealed (signed by the
+keyring's signing key); `fetch` and `current` return the stored bytes as they are, and
+`bundle_bytes` turns them into bundle bytes, refusing (SignatureError) an unsigned or wrongly
+signed one. Without a keyring nothing is sealed and a seal found is set aside unchecked.
+
 The model name in Redis is authoritative: a bundle is published under the name the inference
 service serves, which defaults to the manifest's model id. So that a misnamed bundle or one
 fitted to other weights is refused at publish instead of silently never used, cache services
@@ -30,9 +35,10 @@ from typing import Any
 import redis
 
 from gati import names
-from gati.config import setting
+from gati.config import redacted, require, setting
 from gati.errors import InvalidArgument, NotFound
 from gati.probes.serving.bundle import Bundle, BundleError
+from gati.signing import Keyring, open_bundle
 
 # Allocate the next version: INCR, but never at or below a version already published (the
 # counter may have been lost while the versions survived, e.g. a partial restore).
@@ -124,14 +130,37 @@ class RedisSettings:
     redis_tls_ca: str | None = setting(
         None, "PEM CA that verifies a rediss:// server (unset: the system's CAs)"
     )
+    redis_tls_cert: str | None = setting(
+        None, "PEM client certificate for a rediss:// server that asks for one"
+    )
+    redis_tls_key: str | None = setting(None, "PEM private key of redis_tls_cert")
+
+    def check_redis(self) -> None:
+        """For `__post_init__`: TLS files only with rediss://, where they would be used."""
+        tls_files = ("redis_tls_ca", "redis_tls_cert", "redis_tls_key")
+        for name in tls_files:
+            require(
+                getattr(self, name) is None or self.redis_url.startswith("rediss://"),
+                name,
+                "applies to rediss:// URLs only (redis_url is plaintext: use rediss://)",
+            )
+        require(
+            (self.redis_tls_cert is None) == (self.redis_tls_key is None),
+            "redis_tls_cert",
+            "redis_tls_cert and redis_tls_key go together",
+        )
 
     def redis_options(self) -> dict[str, Any]:
         """Keyword arguments of `connect` and `BundleStore` beside the URL."""
         options: dict[str, Any] = {"password": self.redis_password}
         if self.redis_username is not None:
             options["username"] = self.redis_username
-        if self.redis_tls_ca is not None and self.redis_url.startswith("rediss://"):
-            options["ssl_ca_certs"] = self.redis_tls_ca
+        tls = {
+            "ssl_ca_certs": self.redis_tls_ca,
+            "ssl_certfile": self.redis_tls_cert,
+            "ssl_keyfile": self.redis_tls_key,
+        }
+        options.update({k: v for k, v in tls.items() if v is not None})
         return options
 
 
@@ -158,9 +187,12 @@ class BundleStore:
         redis_url: str,
         password: str | None = None,
         timeout_s: float = 2.0,
+        *,
+        keyring: Keyring | None = None,
         **connect_options: Any,
     ):
-        self.redis_url = redis_url
+        self.shown_url = redacted(redis_url)  # for logs and messages: never its password
+        self.keyring = keyring  # None: publish unsigned, read without checking
         self.client = connect(redis_url, password, timeout_s, **connect_options)
         self._next_version = self.client.register_script(_NEXT_VERSION)
         self._commit = self.client.register_script(_COMMIT)
@@ -171,7 +203,8 @@ class BundleStore:
         """Store `bundle` as the model's next version, point at it, announce; returns the version.
 
         The stored bytes carry the assigned version in their manifest (checksum resealed), so
-        a reader can check that the key and the bytes agree. A bundle the cache service would
+        a reader can check that the key and the bytes agree; with a keyring they are sealed
+        (signed) in front. A bundle the cache service would
         refuse as unfit (`serving.fitness`) is refused here first, with the same message,
         and nothing is written.
         """
@@ -187,6 +220,8 @@ class BundleStore:
             )
         )
         data = bundle.with_version(version).to_bytes()
+        if self.keyring is not None:
+            data = self.keyring.seal(data)
         self._commit(
             keys=[
                 names.bundle_key(model, version),
@@ -238,16 +273,24 @@ class BundleStore:
             raise BundleError(f"pointer of {model!r} is {raw[:40]!r}, not a version") from None
 
     def fetch(self, model: str, version: int) -> bytes | None:
-        """The stored bytes of one version, unverified (the reader verifies), or None."""
+        """The stored bytes of one version (sealed when signed), unverified, or None: the
+        reader opens them with `bundle_bytes`, then verifies the bundle."""
         return self.client.get(names.bundle_key(model, version))
 
     def current(self, model: str) -> tuple[int, bytes] | None:
-        """(version, bytes) the pointer names, or None when there is no usable pointer."""
+        """(version, stored bytes) the pointer names, or None when there is no usable
+        pointer; the bytes as `fetch` returns them (open them with `bundle_bytes`)."""
         version = self.pointer(model)
         if version is None:
             return None
         data = self.fetch(model, version)
         return None if data is None else (version, data)
+
+    def bundle_bytes(self, stored: bytes) -> bytes:
+        """The bundle bytes (`Bundle.from_bytes`) inside stored bytes (`fetch`, `current`):
+        with a keyring, SignatureError unless signed by one of its keys; without, a seal (if
+        any) is set aside unchecked. Reads nothing from Redis."""
+        return open_bundle(stored, self.keyring)
 
     def versions(self, model: str) -> list[int]:
         """Every published version of `model`, ascending."""

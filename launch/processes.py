@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from launch.topology import Service
+from services.common.tls import ClientTls, channel
 
 
 def wait_for_port(
@@ -39,12 +40,16 @@ def wait_for_port(
 
 
 def wait_for_health(
-    address: str, service: str = "", timeout: float = 120.0, proc: subprocess.Popen | None = None
+    address: str,
+    service: str = "",
+    timeout: float = 120.0,
+    proc: subprocess.Popen | None = None,
+    tls: ClientTls | None = None,
 ) -> None:
     """Block until grpc.health.v1 reports SERVING for `service` at `address`."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(address, tls) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"process exited with {proc.returncode} before SERVING")
@@ -212,7 +217,7 @@ def start_service(
 
 def wait_serving(service: Service, proc: ManagedProcess, timeout: float) -> None:
     """Block until `service`, running as `proc`, reports SERVING (raises as wait_for_health)."""
-    wait_for_health(service.address, service.health, timeout, proc.proc)
+    wait_for_health(service.address, service.health, timeout, proc.proc, service.client_tls)
 
 
 def start_healthy(service: Service, log_path: Path, timeout: float = 180.0) -> ManagedProcess:

@@ -17,6 +17,7 @@ from typing import ClassVar
 from gati import names
 from launch.ports import LOCALHOST
 from services.common import cpus as cores
+from services.common.tls import ClientTls
 
 # The trainer's probe variants under `gati up`: on the one core it shares with the cache
 # service, conv and knn variants made rounds 23-32 s against 17-22 s with these two.
@@ -48,12 +49,29 @@ class Model:
         return ["--model", self.name, "--arch", self.arch, *weights]
 
 
+@dataclass(frozen=True)
+class StackTls:
+    """The certificate files of a TLS stack (launch/certificates.py makes them): one pair
+    every service serves and also shows when it calls another, and the CA all trust."""
+
+    ca: str
+    cert: str
+    key: str
+
+    def client(self) -> ClientTls:
+        """How a client of the stack dials it (a certificate too: mutual TLS inside)."""
+        return ClientTls(self.ca, self.cert, self.key)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Service:
     """One `gati serve KIND` process: where it listens and what it is given."""
 
     kind: ClassVar[str]
     health: ClassVar[str]  # its grpc.health.v1 service name
+    # under TLS, whether it refuses clients without a certificate: inside the mesh yes; the
+    # inference endpoint serves clients outside it (tritonclient with ssl=True), server-only
+    client_auth: ClassVar[bool] = True
 
     port: int
     metrics_port: int = -1  # -1: no metrics endpoint
@@ -62,6 +80,7 @@ class Service:
     extra: tuple[str, ...] = ()  # more of the service's own flags, passed last
     name: str = ""  # the process's name (and log file); "" is the kind
     log_level: str | None = None
+    tls: StackTls | None = None  # None: plaintext
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -77,9 +96,21 @@ class Service:
         """Its ports by role, as state.json records them."""
         return {"grpc": self.port, "metrics": self.metrics_port}
 
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """How a client on this machine dials it (None: plaintext)."""
+        return None if self.tls is None else self.tls.client()
+
     def flags(self) -> list[str]:
         """The flags that wire this kind of service to the others."""
         return []
+
+    def tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        t = self.tls
+        mutual = ["--tls-client-auth"] if self.client_auth else []
+        return ["--tls-cert", t.cert, "--tls-key", t.key, "--tls-ca", t.ca, *mutual]
 
     def argv(self) -> list[str]:
         log_level = [f"--log-level={self.log_level}"] if self.log_level else []
@@ -87,7 +118,8 @@ class Service:
         cpus = [] if self.cpus is None else ["--cpus", self.cpus]
         return gati_argv(
             *log_level, "serve", self.kind, *host, "--port", str(self.port),
-            "--metrics-port", str(self.metrics_port), *self.flags(), *cpus, *self.extra,
+            "--metrics-port", str(self.metrics_port), *self.flags(), *self.tls_flags(),
+            *cpus, *self.extra,
         )  # fmt: skip
 
 
@@ -97,6 +129,7 @@ class Inference(Service):
 
     kind: ClassVar[str] = "inference"
     health: ClassVar[str] = names.HEALTH_INFERENCE
+    client_auth: ClassVar[bool] = False
     model: Model
     http_port: int = -1  # -1: no REST binding
     cache_address: str | None = None  # None: no caches
@@ -174,6 +207,7 @@ class Topology:
     inference_args: tuple[str, ...] = ()
     cache_args: tuple[str, ...] = ()
     trainer_args: tuple[str, ...] = ()
+    tls: StackTls | None = None  # every service serves TLS (mutual inside); None: plaintext
 
     @property
     def needs_redis(self) -> bool:
@@ -207,7 +241,7 @@ class Topology:
             assert redis_url is not None
             cache = Cache(
                 port=ports["cache"], metrics_port=ports["cache_metrics"], redis_url=redis_url,
-                cpus=other_cpus, extra=self.cache_args, host=self.host,
+                cpus=other_cpus, extra=self.cache_args, host=self.host, tls=self.tls,
             )  # fmt: skip
             out.append(cache)
         if self.trainer:
@@ -215,13 +249,13 @@ class Topology:
             out.append(Trainer(
                 port=ports["trainer"], metrics_port=ports["trainer_metrics"], model=self.model,
                 kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, variants=self.variants,
-                cpus=other_cpus, extra=self.trainer_args, host=self.host,
+                cpus=other_cpus, extra=self.trainer_args, host=self.host, tls=self.tls,
             ))  # fmt: skip
         inference = Inference(
             port=ports["inference"], metrics_port=ports["inference_metrics"], model=self.model,
             http_port=ports["inference_http"] if self.http else -1,
             cache_address=None if cache is None else cache.address,
             kafka_bootstrap=kafka_bootstrap if self.records else None,
-            cpus=model_cpus, extra=self.inference_args, host=self.host,
+            cpus=model_cpus, extra=self.inference_args, host=self.host, tls=self.tls,
         )  # fmt: skip
         return [*out, inference]

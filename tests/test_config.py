@@ -105,3 +105,56 @@ def test_a_setting_with_choices_refuses_others_from_a_flag_or_the_environment() 
         cfg.load(TrainerConfig, None, {"GATI_SELECTOR": "oracle"})
     c = cfg.load(TrainerConfig, _args(TrainerConfig, ["--selector", "auto"]), {})
     assert c.selector == "auto"
+
+
+def test_a_secret_has_no_flag_and_is_never_shown(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser, CacheConfig)
+    with pytest.raises(SystemExit):  # a password on a command line is readable by `ps`
+        parser.parse_args(["--redis-password", "pw"])
+    assert "GATI_REDIS_PASSWORD" in (parser.epilog or "")
+    file = tmp_path / "c.yaml"
+    file.write_text("redis_password: from-file\n")
+    from_file = cfg.load(CacheConfig, parser.parse_args(["--config", str(file)]), {})
+    assert from_file.redis_password == "from-file"
+    from_env = cfg.load(CacheConfig, parser.parse_args([]), {"GATI_REDIS_PASSWORD": "from-env"})
+    assert from_env.redis_password == "from-env"
+    assert "from-env" not in repr(from_env) and "from-env" not in str(from_env)
+
+
+def test_tls_settings_are_checked_at_start(tmp_path: Path) -> None:
+    from launch.certificates import generate
+
+    made = generate(tmp_path / "certs", names=("server",))
+    cert, key, ca = str(made["server"].cert), str(made["server"].key), str(made.ca)
+    CacheConfig(tls_cert=cert, tls_key=key, tls_ca=ca, tls_client_auth=True)  # fine
+    cases = {
+        "tls_cert: set tls_key too": {"tls_cert": cert},
+        "tls_client_auth: needs tls_ca": {
+            "tls_cert": cert,
+            "tls_key": key,
+            "tls_client_auth": True,
+        },
+        "tls_client_auth: needs tls_cert": {"tls_ca": ca, "tls_client_auth": True},
+        "tls_ca: cannot read": {"tls_ca": str(tmp_path / "missing.pem")},
+        "tls_cert: ": {"tls_cert": str(tmp_path / "c.yaml"), "tls_key": key},
+    }
+    (tmp_path / "c.yaml").write_text("not a certificate\n")
+    for message, fields in cases.items():
+        with pytest.raises(cfg.ConfigError, match=message):
+            CacheConfig(**fields)
+
+
+def test_signing_settings_are_checked_at_start(tmp_path: Path) -> None:
+    with pytest.raises(cfg.ConfigError, match="signing_key_id: set signing_keys too"):
+        CacheConfig(signing_key_id="k1")
+    with pytest.raises(cfg.ConfigError, match=r"signing_keys: .* is not a directory"):
+        CacheConfig(signing_keys=str(tmp_path / "none"))
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "k1").write_text("a" * 32)
+    (keys / "k2").write_text("b" * 32)
+    with pytest.raises(cfg.ConfigError, match=r"signing_key_id: .* holds 2 keys"):
+        CacheConfig(signing_keys=str(keys))
+    ring = CacheConfig(signing_keys=str(keys), signing_key_id="k2").keyring()
+    assert ring is not None and ring.signing_id == "k2" and "bbbb" not in repr(ring)

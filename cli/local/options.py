@@ -39,6 +39,7 @@ class UpOptions:
     port_base: int = DEFAULT_PORT_BASE  # 0: every port picked free by the OS
     host: str = LOCALHOST  # the services bind here; broker and private Redis stay on loopback
     pin: bool = True  # the model gets a core of its own, the other services share the rest
+    tls: bool = False  # a generated CA: TLS on every service, mutual inside the stack
     timeout: float = 180.0  # for all services to be healthy (torch loads slowly on 2 busy cores)
     stop_timeout: float = 20.0  # SIGTERM to SIGKILL when cleaning up a failed start
 
@@ -110,6 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "placement left to the OS)",
     )
     parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="generate a local CA and certificates in RUN_DIR/tls: every service serves TLS, "
+        "the cache and trainer refuse clients without a certificate (mutual TLS)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -145,5 +153,6 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
         port_base=args.ports,
         host=args.host,
         pin=args.pin,
+        tls=args.tls,
         timeout=args.timeout,
     )

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.local import state as st
 from gati import names
+from services.common.tls import ClientTls, channel
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NOT_RUNNING = 0, 1, 3
 HEALTHY = {"SERVING", "PONG", "listening"}
@@ -301,7 +302,8 @@ def _ago(seconds: float | None) -> str:
 
 def _health(state: st.StackState, record: st.ProcessRecord, timeout: float) -> str:
     if record.check == st.CHECK_GRPC:
-        return grpc_health(record.address, record.health_service or "", timeout)
+        tls = ClientTls(**state.tls) if state.tls else None
+        return grpc_health(record.address, record.health_service or "", timeout, tls)
     if record.check == st.CHECK_REDIS:
         url = state.redis_url or f"redis://{record.address}/0"
         return redis_health(url, _password(state), timeout)
@@ -313,11 +315,11 @@ def _health(state: st.StackState, record: st.ProcessRecord, timeout: float) -> s
         return "unreachable"
 
 
-def grpc_health(address: str, service: str, timeout: float) -> str:
+def grpc_health(address: str, service: str, timeout: float, tls: ClientTls | None = None) -> str:
     """SERVING / NOT_SERVING / SERVICE_UNKNOWN, or the gRPC error code in lower case."""
-    with grpc.insecure_channel(address) as channel:
+    with channel(address, tls) as ch:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError as exc:

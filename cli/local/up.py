@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import secrets
 import signal
 import sys
@@ -28,9 +29,11 @@ from urllib.parse import urlsplit
 from cli.local import state as st
 from cli.local.options import UpOptions, UsageError, add_arguments, options_from_args
 from gati import names
+from launch import certificates
 from launch import ports as layout
 from launch.ports import LOCALHOST
 from launch.processes import ManagedProcess, redis_argv, tansu_argv, wait_for_port, wait_serving
+from launch.topology import StackTls, Topology
 
 __all__ = ["add_arguments", "run", "start"]  # what cli/main.py and cli/demo.py call
 
@@ -102,12 +105,12 @@ def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
     """Launch every process, then wait for health. The state file is rewritten after each
     start, so a `gati up` killed half-way still leaves `gati down` a complete list.
     """
-    topology = opts.topology()
     ports = plan_ports(opts)
     state = st.StackState(run_dir=str(opts.run_dir))
     launched: list[ManagedProcess] = []
     log_dir = opts.run_dir / st.LOG_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
+    topology = _trusted(opts, state)
 
     def launch(
         name: str,
@@ -155,7 +158,7 @@ def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
             kafka = launch("kafka", argv, kafka_address, st.CHECK_TCP, {"kafka": ports["kafka"]})
             _wait("kafka", kafka, wait_for_port, LOCALHOST, ports["kafka"], 30, kafka.proc)
 
-        service_env: dict[str, str] = {}
+        service_env = {names.ENV_PREFIX + "SIGNING_KEYS": str(state.signing_keys)}
         redis_url = None
         if topology.needs_redis:
             redis_url, password = _redis(opts, ports, state, launch, out)
@@ -186,6 +189,19 @@ def _start_all(opts: UpOptions, out: TextIO, err: TextIO) -> st.StackState:
                 proc.stop(opts.stop_timeout)
         st.remove(opts.run_dir)
         raise
+
+
+def _trusted(opts: UpOptions, state: st.StackState) -> Topology:
+    """The topology, signing on with a fresh key (and under --tls, a fresh CA and pair), the
+    files recorded in the state so `gati status` and `gati probes publish` find them."""
+    state.signing_keys = str(certificates.generate_signing_keys(opts.run_dir / "keys"))
+    topology = opts.topology()
+    if not opts.tls:
+        return topology
+    made = certificates.generate(opts.run_dir / "tls", names=("stack",))
+    tls = StackTls(str(made.ca), str(made["stack"].cert), str(made["stack"].key))
+    state.tls = {"ca": tls.ca, "cert": tls.cert, "key": tls.key}
+    return dataclasses.replace(topology, tls=tls)
 
 
 def _redis(

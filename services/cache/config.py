@@ -45,6 +45,7 @@ class CacheConfig(RedisSettings, TlsSettings, SigningSettings):
     live_ttl_seconds: float = setting(600.0, "a live memory row no longer answers after this")
 
     def __post_init__(self) -> None:
+        self.check_redis()
         self.check_tls()
         self.check_signing()
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")

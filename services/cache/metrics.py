@@ -80,7 +80,9 @@ class CacheMetrics:
         )
         self.refused = Counter(
             "gati_cache_bundles_refused",
-            "bundles refused (the last good one stays)",
+            # signature, fitness, checksum, version, probes, format, invalid, missing,
+            # pointer, internal (services/cache/refresher.py)
+            "bundles refused, by reason (the last good one stays)",
             ["model", "reason"],
             registry=r,
         )

@@ -1,8 +1,9 @@
 """Keep the probes in use in step with Redis, the source of truth for bundles.
 
 A sync reads each model's pointer (one GET) and, when it names a version other than the one in
-use, fetches the bytes, verifies them (format, checksum, version, fitness in
-gati.probes.serving.fitness, probes build) and swaps the new runtime in. Syncs run in one
+use, fetches the bytes, verifies them (signature when the store has keys, gati.signing;
+format, checksum, version, fitness in gati.probes.serving.fitness, probes build) and swaps the
+new runtime in. Syncs run in one
 thread, on:
 - start (`sync_once`, before the service says SERVING),
 - a pub/sub announcement (a second thread listens; it also wakes a sync each time it
@@ -43,6 +44,7 @@ from gati.probes.serving.bundle import (
 )
 from gati.probes.serving.fitness import FitnessError, fit_to_serve
 from gati.probes.serving.runtime import ProbeRuntime
+from gati.signing import SignatureError
 from gati.store import SERVED_TTL_S, Announcement, BundleStore
 from services.cache.metrics import CacheMetrics
 from services.cache.probe_store import ProbeStore
@@ -60,7 +62,9 @@ POLL_S = 0.25  # how long the listener blocks on pub/sub; bounds how long close(
 
 
 # Why a bundle was refused, by the error's type, most specific first (metric labels).
-REFUSALS: tuple[tuple[type[BundleError], str], ...] = (
+# "signature": unsigned or wrongly signed while the service has keys (like a corrupt one).
+REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (SignatureError, "signature"),
     (FitnessError, "fitness"),
     (ChecksumError, "checksum"),
     (VersionError, "version"),
@@ -226,7 +230,7 @@ class BundleRefresher:
             self._refuse(model, version, "missing", "the pointer names a version with no bytes")
             return None
         try:
-            return load_runtime(data, version)
+            return load_runtime(self.store.bundle_bytes(data), version)  # signature first
         except Exception as exc:  # any failure of untrusted bytes is a refusal, never a crash
             self._refuse(model, version, refusal_reason(exc), str(exc))
             return None

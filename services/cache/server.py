@@ -51,7 +51,10 @@ def build(config: CacheConfig) -> CacheServer:
     metrics = CacheMetrics()
     probes = ProbeStore(metrics)
     store = BundleStore(
-        config.redis_url, timeout_s=config.redis_timeout_seconds, **config.redis_options()
+        config.redis_url,
+        timeout_s=config.redis_timeout_seconds,
+        keyring=config.keyring(),
+        **config.redis_options(),
     )
     refresher = BundleRefresher(
         store,
@@ -85,7 +88,7 @@ def build(config: CacheConfig) -> CacheServer:
         config.server_credentials(),
     )
     if not refresher.sync_once():
-        log.warning("no bundles at start: redis %s unreachable; retrying", config.redis_url)
+        log.warning("no bundles at start: redis %s unusable; retrying", store.shown_url)
     refresher.start()
     refresher.guard_health(handle, config.max_sync_age_seconds)  # stale bundles: NOT_SERVING
     bundles = ", ".join(f"{m} v{probes.version(m)}" for m in probes.models()) or "none yet"

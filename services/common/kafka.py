@@ -12,12 +12,14 @@ are quietened and the services log state changes themselves.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from gati.config import check_choices, require, setting
 from services.common.tls import read_pem
@@ -25,6 +27,25 @@ from services.common.tls import read_pem
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_TIMEOUT_MS = 2000  # a client constructor gives up on an unreachable broker this fast
+
+
+class _HidePassword(logging.Filter):
+    """kafka-python's admin client logs its whole configuration at DEBUG, SASL password too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        def hidden(value: object) -> object:
+            if isinstance(value, dict) and value.get("sasl_plain_password"):
+                return {**value, "sasl_plain_password": "***"}
+            return value
+
+        if isinstance(record.args, dict):  # one mapping argument: logging unwraps it
+            record.args = hidden(record.args)  # type: ignore[assignment]
+        elif isinstance(record.args, tuple):
+            record.args = tuple(hidden(a) for a in record.args)
+        return True
+
+
+logging.getLogger("kafka.admin.client").addFilter(_HidePassword())  # whoever calls it
 
 
 def quiet_kafka_logging() -> None:
@@ -93,6 +114,31 @@ class KafkaSecurity:
         return options
 
 
+def check_tls_handshake(bootstrap: str, security: dict[str, Any]) -> None:
+    """Complete one TLS handshake with a bootstrap server within BOOTSTRAP_TIMEOUT_MS, or
+    raise KafkaConnectionError. kafka-python 3.0 gives its own handshake no deadline: against
+    a listener that never answers a ClientHello (a plaintext broker, a wrong port) a client
+    constructor would hang, and with it the recorder's worker or the trainer's loop."""
+    context = ssl.create_default_context(cafile=security.get("ssl_cafile"))
+    if security.get("ssl_certfile"):
+        context.load_cert_chain(security["ssl_certfile"], security.get("ssl_keyfile"))
+    context.check_hostname = bool(security.get("ssl_check_hostname", True))
+    failures = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        host = host.strip("[]")
+        try:
+            timeout = BOOTSTRAP_TIMEOUT_MS / 1000
+            with (
+                socket.create_connection((host, int(port)), timeout) as raw,
+                context.wrap_socket(raw, server_hostname=host),
+            ):
+                return  # the handshake completed on entry
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            failures.append(f"{server.strip()}: {type(exc).__name__} {exc}")
+    raise KafkaConnectionError(f"no TLS handshake with Kafka: {'; '.join(failures)}")
+
+
 class TopicMissing(KafkaError):
     """The topic does not exist and this service was told not to create it."""
 
@@ -116,6 +162,8 @@ def ensure_topic(
     offsets start from 0 again. Raises KafkaError (e.g. KafkaTimeoutError) when the broker
     cannot be reached. `security`: `KafkaSecurity.kafka_options()`.
     """
+    if (security or {}).get("security_protocol", "PLAINTEXT").endswith("SSL"):
+        check_tls_handshake(bootstrap, security or {})
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,

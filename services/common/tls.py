@@ -6,6 +6,7 @@ both), and the CA that verifies its peers: the servers it calls, and, under
 `tls_client_auth`, the clients that call it. Without a certificate a server listens in
 plaintext and a client with no CA dials in plaintext: local development stays as it was.
 
+The inference service's REST binding serves HTTPS with the same settings (`ssl_context`).
 Health and reflection ride the same port, so they sit behind the same credentials: a
 kubelet's gRPC probe cannot present a client certificate, which is why the manifests probe
 with `grpc_health_probe`-style exec commands when mutual TLS is on (see deploy/k8s/README.md).
@@ -13,6 +14,7 @@ with `grpc_health_probe`-style exec commands when mutual TLS is on (see deploy/k
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,17 @@ class TlsSettings:
         return grpc.ssl_server_credentials(
             [pair], root_certificates=roots, require_client_auth=self.tls_client_auth
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same credentials for an HTTP server (the REST binding); None: plaintext."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_auth:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.tls_ca)
+        return context
 
     def client_tls(self) -> ClientTls | None:
         """How this service dials the ones it calls; None (no tls_ca): plaintext."""

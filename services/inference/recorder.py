@@ -4,7 +4,9 @@
 rows) or, when the queue is full, drops it and counts the drop. One worker thread does the
 rest: reduce each recorded activation (`record_reduction`, pool4 by default), encode the row as
 an `ActivationRecord` with float16 activations (`gati.records`), drop it if it would exceed
-Kafka's 1 MB default, and hand it to a KafkaProducer keyed by model (per-model order).
+Kafka's 1 MB default, and hand it to a KafkaProducer keyed by model (per-model order). With
+signing keys (`signing_keys`, gati.signing) each record carries its key id and HMAC in two
+Kafka headers, computed here in the worker, so the trainer can refuse forged records.
 
 Producer settings and why:
 - acks=1, idempotence off: records are telemetry, a lost one costs nothing and duplicates are
@@ -111,6 +113,7 @@ class Recorder:
         self.create_topic = config.create_topic
         self.security = config.kafka_options()  # TLS and SASL, passed through (never logged)
         self.reduction = config.record_reduction
+        self.keyring = config.keyring()  # None: records go unsigned (signing off)
         self.capacity = config.record_queue  # rows
         self.max_inflight = max_inflight or config.record_queue
         self.limit = limit
@@ -201,7 +204,8 @@ class Recorder:
                 self._dropped["kafka"].inc()
                 continue
             try:
-                future = producer.send(self.topic, key=key, value=data)
+                headers = None if self.keyring is None else self.keyring.headers(data)
+                future = producer.send(self.topic, key=key, value=data, headers=headers)
             except KafkaError as exc:  # metadata unavailable within max_block_ms: broker down
                 self._settle()
                 self._dropped["kafka"].inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -79,7 +80,13 @@ class RestServer:
     """Binds at construction (port 0 picks one: see `port`), serves until `stop`."""
 
     def __init__(
-        self, plane: DataPlane, host: str, port: int, workers: int, max_body_bytes: int
+        self,
+        plane: DataPlane,
+        host: str,
+        port: int,
+        workers: int,
+        max_body_bytes: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.plane = plane
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,7 +102,7 @@ class RestServer:
         )
         self._thread.start()
         try:
-            self._runner = self._run(self._serve(sock, max_body_bytes))
+            self._runner = self._run(self._serve(sock, max_body_bytes, ssl_context))
         except BaseException:
             sock.close()
             self._end_loop()
@@ -109,12 +116,14 @@ class RestServer:
     def _run(self, coro: Awaitable[Any], timeout: float | None = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
 
-    async def _serve(self, sock: socket.socket, max_body_bytes: int) -> web.AppRunner:
+    async def _serve(
+        self, sock: socket.socket, max_body_bytes: int, ssl_context: ssl.SSLContext | None
+    ) -> web.AppRunner:
         app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
         app.add_routes(self._routes())
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()  # None: plain HTTP
         return runner
 
     def stop(self, grace: float = 0.0) -> None:

@@ -178,7 +178,12 @@ def build(config: InferenceConfig) -> InferenceServer:
         from services.inference.rest import RestServer  # aiohttp only where REST is served
 
         rest = RestServer(
-            plane, config.host, config.http_port, config.workers, config.max_message_bytes
+            plane,
+            config.host,
+            config.http_port,
+            config.workers,
+            config.max_message_bytes,
+            config.ssl_context(),  # HTTPS under the gRPC port's TLS settings
         )
         metrics.threads.watch("rest-loop", rest.thread)
     server.start()

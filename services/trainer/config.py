@@ -77,6 +77,7 @@ class TrainerConfig(
     def __post_init__(self) -> None:
         FitConfig.__post_init__(self)
         CostConfig.__post_init__(self)
+        self.check_redis()
         self.check_kafka_security()
         self.check_tls()
         self.check_signing()

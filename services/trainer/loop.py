@@ -1,10 +1,12 @@
 """The trainer's loop: poll Kafka, absorb into the window, commit, retrain when due, publish.
 
 One thread does everything in order, so the order of side effects is plain:
-1. poll a batch of records; decode each (a malformed one is counted and skipped: data, never
-   code); keep the served model's, count the rest; refuse the implausible ones (dated ahead of
-   this clock, older than the window, or not what this model produces: `plausibility`),
-   counted by reason and logged at a bounded rate;
+1. poll a batch of records; with keys (`gati.signing`), check each one's signature headers
+   before anything else (an unsigned or wrongly signed one is counted as forged and skipped);
+   decode each (a malformed one is counted and skipped: data, never code); keep the served
+   model's, count the rest; refuse the implausible ones (dated ahead of this clock, older
+   than the window, or not what this model produces: `plausibility`), counted by reason and
+   logged at a bounded rate;
 2. absorb them into the window (duplicates dropped), then commit their offsets: a commit
    means "absorbed", so a crash loses at most an uncommitted batch, re-delivered to the next
    member;
@@ -25,12 +27,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import torch
 
 from gati import records
 from gati.probes.serving.bundle import Bundle
+from gati.signing import Keyring, SignatureError
 from services.trainer.consumer import RecordSource
 from services.trainer.learner import Learner, RoundResult
 from services.trainer.metrics import TrainerMetrics
@@ -43,6 +47,14 @@ log = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW_S = 300.0  # records dated further ahead of this trainer's clock are refused
 FUTURE, MALFORMED, OTHER_MODEL = "future", "malformed", "other_model"
+FORGED = "forged"  # unsigned or wrongly signed while the trainer has keys
+
+
+class Polled(Protocol):
+    """What `absorb` takes besides bare bytes: a Kafka ConsumerRecord's value and headers."""
+
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
 
 
 class TrainerLoop:
@@ -61,8 +73,10 @@ class TrainerLoop:
         poll_ms: int = 500,
         threads: int = 1,
         on_round: Callable[[RoundResult], None] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.model = model
+        self.keyring = keyring  # None: records are not checked (signing off)
         self.source = source
         self.window = window
         self.learner = learner
@@ -87,21 +101,39 @@ class TrainerLoop:
         """Poll, absorb, commit, maybe retrain. Returns the number of records polled."""
         polled = self.source.poll(self.poll_ms)
         if polled:
-            self.absorb(m.value for m in polled)
+            self.absorb(polled)
             self.source.commit()
         if self.due():
             self.retrain()
         return len(polled)
 
-    def absorb(self, values) -> None:  # values: iterable of bytes
-        for value in values:
-            outcome = self._absorb_one(value)
+    def absorb(self, polled: Iterable[Polled | bytes]) -> None:
+        """Check, decode and add records: ConsumerRecords (value and headers), or bare values,
+        which carry no signature (forged when the loop has keys)."""
+        for item in polled:
+            if isinstance(item, bytes | bytearray | memoryview):
+                value, headers = bytes(item), None
+            else:
+                value, headers = item.value or b"", item.headers
+            outcome = self._forged(value, headers) or self._absorb_one(value)
             self.metrics.consumed.labels(outcome).inc()
             if outcome == ADDED:
                 self._last_added = time.monotonic()
         stats = self.window.stats()
         self.metrics.window.set(stats.size)
         self.metrics.live_hit_rate.set(stats.hit_rate)
+
+    def _forged(self, value: bytes, headers: list[tuple[str, bytes]] | None) -> str | None:
+        """FORGED (noted) when the loop has keys and `headers` do not sign `value`: checked
+        before the bytes are decoded, so a forger's bytes reach no parser."""
+        if self.keyring is None:
+            return None
+        try:
+            self.keyring.check_headers(value, headers)
+        except SignatureError as exc:
+            self.refusals.note(FORGED, str(exc))
+            return FORGED
+        return None
 
     def _absorb_one(self, value: bytes) -> str:
         """Decode, check and add one record; its outcome (`consumed{outcome}`)."""

@@ -16,8 +16,9 @@ class TrainerMetrics:
         self.consumed = Counter(
             "gati_trainer_records_consumed",
             "activation records read from Kafka, by what became of them",
-            # labelled, unlabelled, duplicate, malformed, other_model; refused as implausible:
-            # future, stale, bad_label, bad_scores, bad_layer, bad_shape, nonfinite
+            # labelled, unlabelled, duplicate, malformed, other_model; forged (unsigned or
+            # wrongly signed, with keys); refused as implausible: future, stale, bad_label,
+            # bad_scores, bad_layer, bad_shape, bad_request_id, nonfinite
             ["outcome"],
             registry=r,
         )

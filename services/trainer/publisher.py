@@ -3,9 +3,10 @@
 Redis is the source of truth for what the cache service serves (`gati.store`). The trainer
 reads the current bundle before every round (someone may have published or rolled back by
 hand) and keeps the last one it read, so that a Redis outage delays publishing but does not
-stop learning. A bundle fitted to another build of the model (fingerprint mismatch) or one
-that fails its checks counts as no bundle: the trainer neither warm-starts from it nor
-compares against it.
+stop learning. A bundle fitted to another build of the model (fingerprint mismatch), one
+that fails its checks, or (with keys: `gati.signing`) one unsigned or wrongly signed counts as
+no bundle: the trainer neither warm-starts from it nor compares against it. With keys, what
+the trainer publishes is signed with its signing key.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from redis.exceptions import RedisError
 
 from gati.probes.serving.bundle import Bundle, BundleError
+from gati.signing import SignatureError
 from gati.store import BundleStore
 from services.trainer.metrics import TrainerMetrics
 
@@ -23,14 +25,9 @@ log = logging.getLogger(__name__)
 
 class Publisher:
     def __init__(
-        self,
-        redis_url: str,
-        password: str | None,
-        model: str,
-        fingerprint: str,
-        metrics: TrainerMetrics,
+        self, store: BundleStore, model: str, fingerprint: str, metrics: TrainerMetrics
     ) -> None:
-        self.store = BundleStore(redis_url, password)
+        self.store = store  # its keyring signs and checks (None: unsigned); closed with us
         self.model = model
         self.fingerprint = fingerprint
         self.metrics = metrics
@@ -54,8 +51,9 @@ class Publisher:
         if version == self._version:
             return self._current
         try:
+            data = self.store.bundle_bytes(data)  # SignatureError: not ours, as if corrupt
             bundle = Bundle.from_bytes(data, expected_fingerprint=self.fingerprint)
-        except BundleError as exc:
+        except (BundleError, SignatureError) as exc:
             if self._refused != version:
                 log.warning("current bundle v%d of %s is unusable: %s", version, self.model, exc)
                 self._refused = version
@@ -85,12 +83,12 @@ class Publisher:
     def _unreachable(self, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
         if self.reachable:
-            log.warning("Redis %s unreachable (%s): retrying", self.store.redis_url, exc)
+            log.warning("Redis %s unreachable (%s): retrying", self.store.shown_url, exc)
         self.reachable = False
 
     def _reachable(self) -> None:
         if not self.reachable:
-            log.warning("Redis %s reachable again", self.store.redis_url)
+            log.warning("Redis %s reachable again", self.store.shown_url)
         self.reachable = True
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import torch
 from gati import names
 from gati.config import ConfigError
 from gati.models import StagedModel, load_model
+from gati.store import BundleStore
 from services.common.grpc_server import GrpcServer, build_server
 from services.common.shell import Service, go_live
 from services.trainer.config import TrainerConfig
@@ -80,9 +81,9 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         cost_config=config.cost_config(),
         group=config.group_neighbours,
     )
-    publisher = Publisher(
-        config.redis_url, config.redis_password, config.model, model.fingerprint(), metrics
-    )
+    keyring = config.keyring()  # None: signing off (nothing signed, nothing checked)
+    store = BundleStore(config.redis_url, keyring=keyring, **config.redis_options())
+    publisher = Publisher(store, config.model, model.fingerprint(), metrics)
     return TrainerLoop(
         config.model,
         source,
@@ -94,6 +95,7 @@ def build_loop(config: TrainerConfig, model: StagedModel, metrics: TrainerMetric
         retrain_every=config.retrain_every,
         retrain_seconds=config.retrain_seconds,
         threads=config.threads,
+        keyring=keyring,
     )
 
 

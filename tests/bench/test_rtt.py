@@ -13,6 +13,7 @@ def test_round_trip_benchmark(tmp_path) -> None:
     results = run_benchmark(requests=300, rounds=1, work=tmp_path)
     print("\n" + table(results))
     assert {(r.server, r.layer) for r in results} == {
-        (s, layer) for s in ("echo", "cache") for layer in LAYERS
+        (s, layer) for s in ("echo", "cache", "cache+mtls") for layer in LAYERS
     }
     assert all(0 < r.p50_ms < 50 for r in results)
+    assert "over mutual TLS / plaintext" in table(results)

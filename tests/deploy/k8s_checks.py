@@ -12,12 +12,20 @@ Rendering is `tests.deploy.kustomize` (the real tool); the lint that needs no to
 Also a command, for CI or for checking your own overlay:
     python -m tests.deploy.k8s_checks deploy/k8s/overlays/prod [more overlays]
     python -m tests.deploy.k8s_checks --kserve my/overlay   # one that includes components/kserve
+cert-manager's objects (components/cert-manager) get the structural checks of
+`tests.deploy.cert_manager_checks` wherever they appear.
 """
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import functools
+import hashlib
+import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +49,10 @@ if not hasattr(kubernetes_validate.utils.schema_contents, "cache_info"):
         kubernetes_validate.utils.schema_contents
     )
 POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
+# The custom resources a validated overlay may hold (no schema offline: they get structural
+# checks by hand instead): overlays/tls has cert-manager's (tests/deploy/cert_manager_checks).
+CERT_MANAGER_GROUP = "cert-manager.io"
+OVERLAY_CUSTOM_GROUPS: dict[str, frozenset[str]] = {"tls": frozenset({CERT_MANAGER_GROUP})}
 
 
 def overlays() -> list[Path]:
@@ -156,7 +168,8 @@ def resolve_env(container: Obj, objs: list[Obj], secrets: dict[str, dict[str, st
     """The container's environment as the kubelet would build it (envFrom, then env).
 
     ConfigMaps come from the rendered objects; Secrets, never committed, from `secrets`.
-    Raises KeyError naming a reference that does not resolve.
+    A reference marked `optional: true` whose ConfigMap, Secret or key is absent sets nothing,
+    as in a cluster. Raises KeyError naming a required reference that does not resolve.
     """
     env: dict[str, str] = {}
 
@@ -178,13 +191,19 @@ def resolve_env(container: Obj, objs: list[Obj], secrets: dict[str, dict[str, st
         ref = var.get("valueFrom", {})
         if "configMapKeyRef" in ref:
             r = ref["configMapKeyRef"]
-            data = config_map(r["name"])
+            cm = find(objs, "ConfigMap", r["name"])
+            data = (cm or {}).get("data", {})
             if r["key"] not in data:
+                if r.get("optional"):
+                    continue
+                config_map(r["name"])  # names a missing ConfigMap
                 raise KeyError(f"{var['name']}: ConfigMap {r['name']} has no key {r['key']}")
             env[var["name"]] = str(data[r["key"]])
         elif "secretKeyRef" in ref:
             r = ref["secretKeyRef"]
             if r["key"] not in secrets.get(r["name"], {}):
+                if r.get("optional"):
+                    continue
                 raise KeyError(f"{var['name']}: Secret {r['name']}/{r['key']} is not documented")
             env[var["name"]] = secrets[r["name"]][r["key"]]
         elif "fieldRef" in ref or "resourceFieldRef" in ref:
@@ -192,6 +211,145 @@ def resolve_env(container: Obj, objs: list[Obj], secrets: dict[str, dict[str, st
         else:
             raise KeyError(f"{var['name']}: unsupported valueFrom {ref}")
     return env
+
+
+def optional_env(container: Obj) -> set[str]:
+    """Names of the container's variables read through an optional reference."""
+    return {
+        var["name"]
+        for var in container.get("env", [])
+        for ref in var.get("valueFrom", {}).values()
+        if isinstance(ref, dict) and ref.get("optional")
+    }
+
+
+# --- Secrets and the files they become ------------------------------------------------------
+# The Secrets docs/deploy.md has the operator create (never in git), with stand-in values. The
+# optional ones (gati-kafka; gati-redis's username) are left out: the base runs without them.
+# The TLS Secrets (components/tls) hold the cert-manager layout; read_pem only looks for a
+# PEM header, so a stand-in header is enough for the services' start-up checks.
+TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")
+TLS_SECRETS = ("gati-inference-tls", "gati-cache-tls", "gati-trainer-tls")
+STAND_IN_PEM = "-----BEGIN STAND-IN-----\nnot a real key or certificate\n-----END STAND-IN-----\n"
+SECRETS: dict[str, dict[str, str]] = {
+    "gati-redis": {"password": "not-a-real-password"},
+    "gati-signing": {"stand-in-1": "not-a-real-key-0123456789abcdef"},
+    **{name: dict.fromkeys(TLS_KEYS, STAND_IN_PEM) for name in TLS_SECRETS},
+}
+_SCRATCH: list[Path] = []
+
+
+def _scratch() -> Path:
+    """One temporary directory per process for the files of mounted Secrets."""
+    if not _SCRATCH:
+        root = Path(tempfile.mkdtemp(prefix="gati-deploy-mounts-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _SCRATCH.append(root)
+    return _SCRATCH[0]
+
+
+def secret_mounts(container: Obj, pod_spec: Obj) -> list[tuple[Obj, Obj]]:
+    """(volumeMount, its Secret volume source) for every Secret the container mounts."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    found = []
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        if "secret" in volume:
+            found.append((mount, volume["secret"]))
+    return found
+
+
+def secret_file(container: Obj, pod_spec: Obj, path: str) -> tuple[Obj, Obj, str] | None:
+    """(volumeMount, Secret source, file name) when `path` is inside a Secret volume the
+    container mounts (the file name "" for the mount's directory itself), else None."""
+    for mount, source in sorted(
+        secret_mounts(container, pod_spec), key=lambda m: -len(m[0]["mountPath"])
+    ):
+        root = mount["mountPath"].rstrip("/")
+        if path == root:
+            return mount, source, ""
+        if path.startswith(root + "/"):
+            return mount, source, path[len(root) + 1 :]
+    return None
+
+
+def secret_files(source: Obj, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The files the kubelet writes for a Secret volume: one per key, or per `items` entry.
+    An optional Secret that `secrets` does not hold is an empty directory; a required one is
+    a KeyError (the pod would not start)."""
+    name = source["secretName"]
+    if name not in secrets:
+        if source.get("optional"):
+            return {}
+        raise KeyError(f"Secret volume {name} is not documented")
+    data = secrets[name]
+    if not source.get("items"):
+        return dict(data)
+    return {item["path"]: data[item["key"]] for item in source["items"] if item["key"] in data}
+
+
+def mounted_env(
+    container: Obj, pod_spec: Obj, env: dict[str, str], secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """`env` with every value that is a path inside a Secret volume of the container pointing
+    instead at a copy of that volume on this machine, its files written from `secrets` as the
+    kubelet would write them. The services' start-up checks read those files (PEM headers,
+    signing keys), so a configuration can be built offline from a rendered pod."""
+    out = dict(env)
+    for key, value in env.items():
+        found = secret_file(container, pod_spec, value)
+        if found is None:
+            continue
+        _, source, rest = found
+        files = secret_files(source, secrets)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        copy_dir = _scratch() / f"{source['secretName']}-{digest}"
+        if not copy_dir.is_dir():
+            copy_dir.mkdir()
+            for file, content in files.items():
+                (copy_dir / file).write_text(content)
+        out[key] = str(copy_dir / rest) if rest else str(copy_dir)
+    return out
+
+
+def pod_spec_of(objs: Iterable[Obj], container: Obj) -> Obj:
+    """The pod spec (of a workload in `objs`) that holds this very container object."""
+    for w in workloads(objs):
+        spec = pod_template(w)["spec"]
+        if any(c is container for c in containers(spec)):
+            return spec
+    raise KeyError(f"container {container.get('name')} is in no workload of the objects")
+
+
+# --- probes -------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises ValueError instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(message)
+
+
+def probe_target(probe: Obj) -> tuple[str, int, str]:
+    """(kind, port, health service) a probe asks: a kubelet `grpc` probe, or an `exec` probe
+    running `gati health 127.0.0.1:PORT --service NAME` (cli/health.py's own argument parser
+    reads the command, so a flag it does not know fails here). ValueError for anything else."""
+    if "grpc" in probe:
+        return "grpc", probe["grpc"]["port"], probe["grpc"].get("service", "")
+    command = probe.get("exec", {}).get("command", [])
+    if command[:2] != ["gati", "health"]:
+        raise ValueError(f"not a grpc probe nor `gati health`: {probe}")
+    from cli import health  # the command the image runs: `gati health`
+
+    parser = _Parser(prog="gati health")
+    health.add_arguments(parser)
+    try:
+        args = parser.parse_args(command[2:])
+    except ValueError as exc:
+        raise ValueError(f"`{' '.join(command)}`: {exc}") from None
+    host, _, port = args.address.rpartition(":")
+    if host != "127.0.0.1":
+        raise ValueError(f"`{' '.join(command)}`: probe the pod's own loopback, not {host}")
+    return "exec", int(port), args.service
 
 
 # --- NetworkPolicy evaluation --------------------------------------------------------------
@@ -324,18 +482,20 @@ def dns_allowed(objs: list[Obj], pod: Endpoint) -> bool:
 def main(argv: list[str]) -> int:
     """Validate each overlay given (default: every overlay). With `--kserve`, KServe's custom
     resources (components/kserve) get the structural checks of `kserve_checks` instead."""
-    from tests.deploy import kserve_checks
+    from tests.deploy import cert_manager_checks, kserve_checks
 
     kserve = "--kserve" in argv
     argv = [a for a in argv if a != "--kserve"]
     status = 0
     for arg in argv or [str(p) for p in overlays()]:
         objs = kustomize.render(Path(arg))
+        groups = {cert_manager_checks.GROUP} if cert_manager_checks.objects(objs) else set()
+        errors = cert_manager_checks.structure(objs)
         if kserve:
-            errors = validate(objs, custom_groups={kserve_checks.GROUP})
+            errors += validate(objs, custom_groups=groups | {kserve_checks.GROUP})
             errors += kserve_checks.structure(objs) + kserve_checks.network(objs)
         else:
-            errors = validate(objs)
+            errors += validate(objs, custom_groups=groups)
         print(f"{arg}: {'ok' if not errors else f'{len(errors)} error(s)'}")
         for e in errors:
             print(f"  {e}")

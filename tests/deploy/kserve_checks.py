@@ -146,7 +146,7 @@ def structure(objs: list[Obj], version: str = k8s.KUBERNETES_VERSION) -> list[st
             errors.append(f"{where}: protocolVersions must list v2 and grpc-v2 (REST and gRPC)")
         for container in spec.get("containers", []):
             if container.get("name") == CONTAINER:
-                errors += [f"{where}: {e}" for e in settings(container, objs)]
+                errors += [f"{where}: {e}" for e in settings(container, objs, spec)]
         by_name[rt.get("metadata", {}).get("name")] = rt
 
     for isvc in inference_services(objs):
@@ -238,16 +238,18 @@ def _base_inference(base_objs: list[Obj]) -> tuple[Obj, Obj, Obj]:
     return template, container, hpa
 
 
-def settings(container: Obj, objs: list[Obj]) -> list[str]:
-    """The container's environment, resolved through the ConfigMaps of `objs`, is a valid
+def settings(container: Obj, objs: list[Obj], pod_spec: Obj | None = None) -> list[str]:
+    """The container's environment, resolved through the ConfigMaps of `objs` (and the files
+    of the Secrets it mounts from `pod_spec`'s volumes: the runtime's), is a valid
     configuration of the inference service that serves gRPC on 8001 and REST on 8000."""
     declared = {e["name"] for e in container.get("env", []) if e["name"].startswith("GATI_")}
     unknown = declared - config.env_names(InferenceConfig)
     if unknown:
         return [f"not settings of the inference service: {sorted(unknown)}"]
-    secrets = {"gati-redis": {"password": "not-a-real-password"}}
     try:
-        loaded = config.load(InferenceConfig, environ=k8s.resolve_env(container, objs, secrets))
+        env = k8s.resolve_env(container, objs, k8s.SECRETS)
+        env = k8s.mounted_env(container, pod_spec or {}, env, k8s.SECRETS)
+        loaded = config.load(InferenceConfig, environ=env)
     except Exception as exc:  # the service would refuse to start with these settings
         return [f"the inference service refuses its settings: {exc}"]
     got = (loaded.port, loaded.http_port)

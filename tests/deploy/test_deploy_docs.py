@@ -38,18 +38,37 @@ def test_overlays_and_components_are_documented() -> None:
         assert f"components/{component.name}" in DOC
 
 
-def test_the_secret_command_matches_the_manifests() -> None:
-    refs = set()
+def test_the_secret_commands_match_the_manifests() -> None:
+    """Every Secret the manifests read, by key or as a volume, is one the document has the
+    operator create (and the tests' stand-ins, k8s.SECRETS, are those); the optional ones
+    are documented as optional."""
+    required, optional, volumes = set(), set(), set()
     for overlay in k8s.overlays():
         for w in k8s.workloads(kustomize.render(overlay)):
-            for c in k8s.containers(k8s.pod_template(w)["spec"]):
+            spec = k8s.pod_template(w)["spec"]
+            for c in k8s.containers(spec):
                 for var in c.get("env", []):
                     ref = var.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
-                        refs.add((ref["name"], ref["key"]))
-    assert refs == {("gati-redis", "password")}
+                        (optional if ref.get("optional") else required).add(
+                            (ref["name"], ref["key"])
+                        )
+            for v in spec.get("volumes", []):
+                if "secret" in v:
+                    volumes.add((v["secret"]["secretName"], bool(v["secret"].get("optional"))))
+    assert required == {("gati-redis", "password")}
+    assert optional == {
+        ("gati-redis", "username"), ("gati-kafka", "username"), ("gati-kafka", "password")
+    }  # fmt: skip
+    assert volumes == {(name, False) for name in ("gati-signing", *k8s.TLS_SECRETS)}
+    assert set(k8s.SECRETS) == {"gati-redis", "gati-signing", *k8s.TLS_SECRETS}
     assert "create secret generic gati-redis" in DOC
     assert "--from-literal=password=" in DOC
+    assert "create secret generic gati-signing" in DOC
+    assert "create secret generic gati-kafka" in DOC
+    assert "create secret generic gati-cache-tls" in DOC  # by hand, without cert-manager
+    for name in k8s.TLS_SECRETS:
+        assert f"`{name}`" in DOC
 
 
 def test_the_weights_volume_is_documented_as_mounted() -> None:

@@ -49,8 +49,8 @@ REQUIRED_ENV = {
         "GATI_WEIGHTS",
     },
 }
-# The Secrets docs/deploy.md tells the operator to create (never in git).
-SECRETS = {"gati-redis": {"password": "not-a-real-password"}}
+# The Secrets docs/deploy.md tells the operator to create (never in git), stand-in values.
+SECRETS = k8s.SECRETS
 DEFAULT_PORTS = {
     "inference": (names.INFERENCE_PORT, names.INFERENCE_METRICS_PORT),
     "cache": (names.CACHE_PORT, names.CACHE_METRICS_PORT),
@@ -81,8 +81,11 @@ def gati_containers(objs: list[dict]):
                 yield w, spec, c, service
 
 
-def effective_config(container: dict, service: str, objs: list[dict]):
-    env = k8s.resolve_env(container, objs, SECRETS)
+def effective_config(container: dict, service: str, objs: list[dict], secrets=SECRETS):
+    """The service's configuration from the container's environment, with the files of its
+    mounted Secrets (TLS, signing keys) written from `secrets` where the paths point."""
+    env = k8s.resolve_env(container, objs, secrets)
+    env = k8s.mounted_env(container, k8s.pod_spec_of(objs, container), env, secrets)
     return config.load(SERVICES[service][0], environ=env)
 
 
@@ -124,7 +127,8 @@ def test_every_reference_resolves(overlay: Path) -> None:
                 for ref in re.findall(r"\$\((\w+)\)", str(var.get("value", ""))):
                     assert ref in defined, f"{k8s.describe(w)}: $({ref}) before it is defined"
                 defined.add(var["name"])
-            assert env.keys() >= defined
+            # an optional reference to what is absent sets nothing, as in a cluster
+            assert env.keys() >= defined - k8s.optional_env(c)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -181,15 +185,24 @@ def check_ports_and_health(objs: list[dict], label: str) -> None:
         ports = {p["containerPort"] for p in c.get("ports", [])}
         served = {cfg.port, cfg.metrics_port, getattr(cfg, "http_port", -1)} - {-1}
         assert ports == served, where
+        targets = {}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert probe in c, f"{where}: no {probe}"
-            assert c[probe]["grpc"]["port"] == cfg.port, f"{where}: {probe} port"
-        assert c["startupProbe"]["grpc"]["service"] == health, where
-        assert c["readinessProbe"]["grpc"]["service"] == health, where
+            kind, port, _ = targets[probe] = k8s.probe_target(c[probe])
+            assert port == cfg.port, f"{where}: {probe} port"
+            # The kubelet's grpc probe dials in plaintext: behind TLS only `gati health`,
+            # which reads the container's GATI_TLS_* settings, can ask.
+            if cfg.tls_cert is not None:
+                assert kind == "exec", f"{where}: {probe} cannot reach a TLS port ({kind})"
+            if kind == "exec":  # a Python start: give it time, and not too often
+                assert c[probe].get("timeoutSeconds", 1) >= 5, f"{where}: {probe} timeout"
+                assert c[probe].get("periodSeconds", 10) >= 5, f"{where}: {probe} period"
+        assert targets["startupProbe"][2] == health, where
+        assert targets["readinessProbe"][2] == health, where
         # Liveness asks for the overall status, which turns NOT_SERVING while the server
         # drains: its failure budget must outlast the drain.
         live = c["livenessProbe"]
-        assert live["grpc"].get("service", "") == "", where
+        assert targets["livenessProbe"][2] == "", where
         budget = live.get("periodSeconds", 10) * live.get("failureThreshold", 3)
         assert budget > getattr(cfg, "drain_seconds", 0), f"{where}: liveness budget {budget}"
         # The manifests use the ports gati/names.py gives every other client.
@@ -215,9 +228,16 @@ def test_prometheus_annotations_name_the_metrics_port(overlay: Path) -> None:
 
 
 def test_the_clients_port_is_tritons() -> None:
+    """gRPC on 8001 and REST on 8000; where TLS is on, REST is off (it serves plain HTTP)."""
     for overlay in OVERLAYS:
-        svc = k8s.find(objs_of(overlay), "Service", "gati-inference")
-        assert [p["port"] for p in svc["spec"]["ports"]] == [names.INFERENCE_PORT, HTTP_PORT]
+        objs = objs_of(overlay)
+        svc = k8s.find(objs, "Service", "gati-inference")
+        (cfg,) = [
+            effective_config(c, s, objs) for _, _, c, s in gati_containers(objs) if s == "inference"
+        ]
+        rest = [HTTP_PORT] if cfg.http_port >= 0 else []
+        assert cfg.tls_cert is None or not rest, f"{overlay.name}: plaintext REST beside TLS"
+        assert [p["port"] for p in svc["spec"]["ports"]] == [names.INFERENCE_PORT, *rest]
 
 
 def _service_reaches(objs: list[dict], host: str, port: int, service: str) -> bool:
@@ -371,7 +391,7 @@ def test_torch_threads_fit_the_cpu_limit(overlay: Path) -> None:
         assert 1 <= threads <= math.ceil(limit), f"{overlay.name} {k8s.describe(w)} {c['name']}"
 
 
-@pytest.mark.parametrize("overlay", ("prod", "sidecar"))
+@pytest.mark.parametrize("overlay", ("prod", "sidecar", "tls"))
 def test_inference_requests_a_core_beyond_its_torch_threads(overlay: str) -> None:
     """Outside dev, the model's threads get whole cores and the lookup relay and gRPC threads
     one more, so none of them preempts the model (docs/serving.md, "Threads and cores")."""
@@ -431,10 +451,10 @@ def test_autoscaling_and_budgets(overlay: Path) -> None:
     for pdb in k8s.by_kind(objs, "PodDisruptionBudget"):
         selected = [t for t in templates if k8s.selector_matches(pdb["spec"]["selector"], t)]
         assert len(selected) == 1, f"{k8s.describe(pdb)} selects {len(selected)} workloads"
-    if overlay.name in ("prod", "sidecar"):
+    if overlay.name in ("prod", "sidecar", "tls"):
         budgets = {p["metadata"]["name"] for p in k8s.by_kind(objs, "PodDisruptionBudget")}
         expected = {"gati-inference", "gati-kafka"} | (
-            {"gati-cache"} if overlay.name == "prod" else set()
+            {"gati-cache"} if overlay.name != "sidecar" else set()
         )
         assert budgets == expected
     if overlay.name == "dev":
@@ -522,7 +542,11 @@ SIDECAR_PATHS = (
     ("gati-inference", "gati-redis", REDIS),  # the cache sidecar reads bundles
     ("prometheus", "gati-inference", names.CACHE_METRICS_PORT),
 }
-EXPECTED_PATHS = {"dev": BASE_PATHS, "prod": BASE_PATHS, "sidecar": SIDECAR_PATHS}
+# components/tls turns REST off (it serves plain HTTP): nothing reaches 8000.
+TLS_PATHS = {path for path in BASE_PATHS if path[2] != HTTP_PORT}
+EXPECTED_PATHS = {
+    "dev": BASE_PATHS, "prod": BASE_PATHS, "sidecar": SIDECAR_PATHS, "tls": TLS_PATHS
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)

@@ -19,8 +19,8 @@ from tests.deploy import kustomization_lint, kustomize
 OVERLAYS = k8s.overlays()
 
 
-def test_the_three_overlays_exist() -> None:
-    assert [p.name for p in OVERLAYS] == ["dev", "prod", "sidecar"]
+def test_the_four_overlays_exist() -> None:
+    assert [p.name for p in OVERLAYS] == ["dev", "prod", "sidecar", "tls"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -36,9 +36,10 @@ def ids(overlay: str) -> list[str]:
 
 def test_each_overlay_renders_what_it_promises_and_nothing_twice() -> None:
     """dev is the base's objects; prod adds disruption budgets; sidecar runs the cache inside
-    the inference pod, so the cache service's own objects are deleted ($patch: delete)."""
-    dev, prod, sidecar = ids("dev"), ids("prod"), ids("sidecar")
-    for rendered in (dev, prod, sidecar):
+    the inference pod, so the cache service's own objects are deleted ($patch: delete); tls
+    is prod with cert-manager's Issuers and Certificates (components/tls only patches)."""
+    dev, prod, sidecar, tls = ids("dev"), ids("prod"), ids("sidecar"), ids("tls")
+    for rendered in (dev, prod, sidecar, tls):
         assert len(rendered) == len(set(rendered))
     workloads = {i for i in dev if i.split("/")[0] in ("Deployment", "StatefulSet")}
     assert workloads == {
@@ -53,6 +54,9 @@ def test_each_overlay_renders_what_it_promises_and_nothing_twice() -> None:
         "NetworkPolicy/gati-inference-sidecar-cache", "NetworkPolicy/gati-redis-from-inference"
     }  # fmt: skip
     assert set(sidecar) == (set(prod) - cache_own) | sidecar_policies
+    issuers = {"Issuer/gati-selfsigned", "Issuer/gati-ca"}
+    certificates = {f"Certificate/gati-{n}" for n in ("ca", "inference", "cache", "trainer")}
+    assert set(tls) == set(prod) | issuers | certificates
 
 
 def test_every_kustomization_passes_the_lint() -> None:

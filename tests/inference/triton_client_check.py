@@ -2,7 +2,8 @@
 
 Runs in its own process: tritonclient registers Triton's own `inference` protos in the
 protobuf descriptor pool, which would clash with gati's generated stubs in one process.
-Usage: python triton_client_check.py HOST:PORT MODEL NPZ
+Usage: python triton_client_check.py HOST:PORT MODEL NPZ [CA_PEM]
+(with CA_PEM: over TLS, `ssl=True`, the server verified against that CA)
 """
 
 import json
@@ -14,9 +15,13 @@ import tritonclient.grpc as grpcclient
 
 def main() -> None:
     url, model, npz = sys.argv[1:4]
+    ca = sys.argv[4] if len(sys.argv) > 4 else None
     data = np.load(npz)
     x = data["x"]
-    client = grpcclient.InferenceServerClient(url=url)
+    if ca is None:
+        client = grpcclient.InferenceServerClient(url=url)
+    else:
+        client = grpcclient.InferenceServerClient(url=url, ssl=True, root_certificates=ca)
     out = {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),

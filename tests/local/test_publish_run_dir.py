@@ -17,18 +17,21 @@ import redis
 from cli.local import state as st
 from cli.main import main as gati_main
 from gati import names
+from gati.signing import Keyring, split_seal
 from gati.store import BundleStore
+from launch.certificates import generate_signing_keys
 from launch.ports import free_port
 from launch.processes import start_redis
 from tests.cache.helpers import MODEL, make_bundle
 
 PASSWORD = "s3cret-generated-by-gati-up"
+ENV = ("REDIS_URL", "REDIS_PASSWORD", "REDIS_USERNAME", "REDIS_TLS_CA", "SIGNING_KEYS")
 
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
     """(run dir, Redis URL) of a recorded stack whose Redis wants PASSWORD."""
-    for var in ("REDIS_URL", "REDIS_PASSWORD"):  # as on a machine that never set them
+    for var in ENV:  # as on a machine that never set them
         monkeypatch.delenv(names.ENV_PREFIX + var, raising=False)
     port = free_port()
     run_dir = tmp_path / "stack" / st.DEFAULT_RUN_DIR
@@ -49,6 +52,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pat
             complete=True,
             redis_url=url,
             redis_password=PASSWORD,
+            signing_keys=str(generate_signing_keys(run_dir / "keys")),
             processes=[record],
         )
     )
@@ -87,6 +91,28 @@ def test_publish_and_rollback_find_the_stack_in_the_current_directory(
         assert store.versions(MODEL) == [1, 2] and store.pointer(MODEL) == 1
     finally:
         store.close()
+
+
+def test_publish_to_the_stack_signs_with_its_key(
+    stack: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stack's cache service checks signatures with the key `gati up` made: a bundle
+    published to it unsigned would be refused, so publish signs with that key."""
+    run_dir, url = stack
+    state = st.load(run_dir)
+    assert state is not None and state.signing_keys
+    monkeypatch.chdir(run_dir.parent)
+    bundle_dir = make_bundle().save(tmp_path / "bundle")
+    assert gati_main(["probes", "publish", "--bundle", str(bundle_dir)]) == 0
+    store = stack_store(url)
+    try:
+        stored = store.fetch(MODEL, 1)
+    finally:
+        store.close()
+    assert stored is not None
+    key_id, _, _ = split_seal(stored)
+    assert key_id == Keyring.load(state.signing_keys).signing_id
+    Keyring.load(state.signing_keys).unseal(stored)  # raises if not signed by the stack's key
 
 
 def test_an_explicit_run_dir_is_used_from_anywhere(

@@ -106,7 +106,10 @@ def test_engine_records_round_trip_through_the_broker(
         answer = first if rid == "batch-of-3" else second
         assert rec.labelled and not rec.hit and not rec.shadow and rec.bundle_version == 0
         assert rec.base_label == int(logits[i].argmax()) == answer.labels[row]
-        np.testing.assert_allclose(rec.base_scores, logits[i].numpy(), rtol=1e-6)
+        # the record carries exactly what was served; the reference forward runs one batch
+        # of 5, not 3 + 2, so its kernels may round differently (1e-5 seen on another CPU)
+        np.testing.assert_array_equal(rec.base_scores, answer.scores[row])
+        np.testing.assert_allclose(rec.base_scores, logits[i].numpy(), rtol=1e-4, atol=1e-5)
         assert list(rec.activations) == list(model.cut_names)
         for cut, a in acts.items():
             want = reduce(a[i : i + 1], "pool4")[0].numpy()  # [C*16]

@@ -19,7 +19,7 @@ def test_publisher_rides_out_a_redis_outage(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     server = start_redis(port, tmp_path / "a")
     metrics = TrainerMetrics()
-    pub = Publisher(url, None, "m", FP, metrics)
+    pub = Publisher(BundleStore(url), "m", FP, metrics)
     try:
         assert pub.current() is None and pub.current_version is None
         b1 = random_bundle({"layer1.0": ("linear", 16)}, model_id="m", fingerprint=FP)
@@ -44,7 +44,7 @@ def test_publisher_rides_out_a_redis_outage(tmp_path: Path) -> None:
 def test_bundles_for_another_model_build_are_ignored(redis_url: str) -> None:
     store = BundleStore(redis_url)
     store.publish(random_bundle({"layer1.0": ("linear", 16)}, model_id="m", fingerprint="0" * 32))
-    pub = Publisher(redis_url, None, "m", FP, TrainerMetrics())
+    pub = Publisher(BundleStore(redis_url), "m", FP, TrainerMetrics())
     try:
         assert pub.current() is None  # fitted to other weights: neither warm start nor rival
         assert pub.current_version == 1
