@@ -42,7 +42,7 @@ from launch.processes import (
     wait_for_port,
     wait_serving,
 )
-from launch.topology import Cache, StackTls
+from launch.topology import Cache
 from services.common.tls import ClientTls, channel
 
 MODEL = "rtt"
@@ -198,7 +198,7 @@ def run_benchmark(
         targets: list[tuple[str, Cache]] = [("cache", cache)]
         if tls:
             made = generate(work / "tls", names=("stack",))
-            pair = StackTls(str(made.ca), str(made["stack"].cert), str(made["stack"].key))
+            pair = made.client("stack")
             secure = Cache(
                 port=free_port(), redis_url=url, host=LOCALHOST, log_level="WARNING",
                 name="cache-tls", tls=pair,

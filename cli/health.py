@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tls_ca is None and args.tls_cert is not None:
+    ca, cert, key = (v or None for v in (args.tls_ca, args.tls_cert, args.tls_key))  # "": unset
+    if ca is None and cert is not None:
         raise ConfigError("tls_ca: a client certificate needs the CA that verifies the service")
-    tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    tls = ClientTls(ca, cert, key) if ca else None
     request = health_pb2.HealthCheckRequest(service=args.service)
     with channel(args.address, tls) as ch:
         try:

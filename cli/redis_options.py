@@ -96,19 +96,11 @@ def connect_options(args: argparse.Namespace) -> dict[str, Any]:
 
     A CA with a redis:// URL is a ConfigError, not ignored: TLS is the URL's scheme, and a
     CA given for nothing means the connection would silently go unencrypted."""
-    ca = args.redis_tls_ca or None  # an empty environment variable is unset
-    if ca is not None:
-        if not args.redis_url.startswith("rediss://"):
-            raise ConfigError(
-                f"redis_tls_ca: given, but the Redis URL {redacted(args.redis_url)} is not "
-                "rediss:// (TLS is the URL's scheme)"
-            )
-        if not (os.path.isfile(ca) and os.access(ca, os.R_OK)):
-            raise ConfigError(f"redis_tls_ca: {ca} is not a readable file")
     settings = RedisSettings(
         redis_url=args.redis_url,
         redis_username=args.redis_username or None,
         redis_password=args.redis_password,
-        redis_tls_ca=ca,
+        redis_tls_ca=args.redis_tls_ca or None,  # an empty environment variable is unset
     )
+    settings.check_redis()  # the services' checks: ConfigError naming the field
     return settings.redis_options()

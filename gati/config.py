@@ -78,7 +78,7 @@ def setting(
 
     A `secret` (a password) has no flag: a command line is readable by every local user
     (`ps`), so it comes from the environment (a Secret's `secretKeyRef`) or the config file,
-    and its value is never shown (`repr` of the config prints ***)."""
+    and its value is never shown (`repr` of the config leaves it out)."""
     metadata = {"help": help_text, "choices": choices, "secret": secret}
     return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 

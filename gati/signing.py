@@ -168,6 +168,13 @@ class SigningSettings:
         None, "id of the key that signs (default: the only key in signing_keys)"
     )
 
+    def signing_summary(self) -> str:
+        """For the start-up log line: whether it signs and checks, with which key id."""
+        ring = self.keyring()
+        if ring is None:
+            return "signing off"
+        return f"signing with key {ring.signing_id} ({len(ring.keys)} verify)"
+
     def check_signing(self) -> None:
         """For `__post_init__`: unreadable or missing keys fail at start, naming the field."""
         self.keyring()

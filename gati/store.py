@@ -28,6 +28,7 @@ Used by the CLI, the cache service and the trainer; it never imports a service.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -139,10 +140,15 @@ class RedisSettings:
         """For `__post_init__`: TLS files only with rediss://, where they would be used."""
         tls_files = ("redis_tls_ca", "redis_tls_cert", "redis_tls_key")
         for name in tls_files:
+            path = getattr(self, name)
             require(
-                getattr(self, name) is None or self.redis_url.startswith("rediss://"),
+                path is None or self.redis_url.startswith("rediss://"),
                 name,
-                "applies to rediss:// URLs only (redis_url is plaintext: use rediss://)",
+                f"given, but the Redis URL {redacted(self.redis_url)} is not rediss:// "
+                "(TLS is the URL's scheme)",
+            )
+            require(
+                path is None or os.access(path, os.R_OK), name, f"{path} is not a readable file"
             )
         require(
             (self.redis_tls_cert is None) == (self.redis_tls_key is None),

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common.tls import ClientTls
+
 VALID_DAYS = 30
 HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -46,6 +48,11 @@ class Certificates:
 
     def __getitem__(self, name: str) -> Pair:
         return self.pairs[name]
+
+    def client(self, name: str) -> ClientTls:
+        """The CA and pair `name` as a client (or a stack's services) use them."""
+        pair = self.pairs[name]
+        return ClientTls(str(self.ca), str(pair.cert), str(pair.key))
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:

@@ -49,20 +49,6 @@ class Model:
         return ["--model", self.name, "--arch", self.arch, *weights]
 
 
-@dataclass(frozen=True)
-class StackTls:
-    """The certificate files of a TLS stack (launch/certificates.py makes them): one pair
-    every service serves and also shows when it calls another, and the CA all trust."""
-
-    ca: str
-    cert: str
-    key: str
-
-    def client(self) -> ClientTls:
-        """How a client of the stack dials it (a certificate too: mutual TLS inside)."""
-        return ClientTls(self.ca, self.cert, self.key)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Service:
     """One `gati serve KIND` process: where it listens and what it is given."""
@@ -80,7 +66,9 @@ class Service:
     extra: tuple[str, ...] = ()  # more of the service's own flags, passed last
     name: str = ""  # the process's name (and log file); "" is the kind
     log_level: str | None = None
-    tls: StackTls | None = None  # None: plaintext
+    # None: plaintext. Else the stack's files (launch/certificates.py): the one pair every
+    # service serves and shows when it calls another, and the CA all of them trust
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -98,8 +86,9 @@ class Service:
 
     @property
     def client_tls(self) -> ClientTls | None:
-        """How a client on this machine dials it (None: plaintext)."""
-        return None if self.tls is None else self.tls.client()
+        """How a client on this machine dials it (None: plaintext): with the stack's pair,
+        which mutual TLS inside the stack asks for."""
+        return self.tls
 
     def flags(self) -> list[str]:
         """The flags that wire this kind of service to the others."""
@@ -109,6 +98,7 @@ class Service:
         if self.tls is None:
             return []
         t = self.tls
+        assert t.cert is not None and t.key is not None, "a server needs its certificate"
         mutual = ["--tls-client-auth"] if self.client_auth else []
         return ["--tls-cert", t.cert, "--tls-key", t.key, "--tls-ca", t.ca, *mutual]
 
@@ -207,7 +197,7 @@ class Topology:
     inference_args: tuple[str, ...] = ()
     cache_args: tuple[str, ...] = ()
     trainer_args: tuple[str, ...] = ()
-    tls: StackTls | None = None  # every service serves TLS (mutual inside); None: plaintext
+    tls: ClientTls | None = None  # every service serves TLS (mutual inside); None: plaintext
 
     @property
     def needs_redis(self) -> bool:

@@ -158,3 +158,41 @@ def test_signing_settings_are_checked_at_start(tmp_path: Path) -> None:
         CacheConfig(signing_keys=str(keys))
     ring = CacheConfig(signing_keys=str(keys), signing_key_id="k2").keyring()
     assert ring is not None and ring.signing_id == "k2" and "bbbb" not in repr(ring)
+
+
+def test_redis_and_kafka_tls_files_that_would_go_unused_are_refused(tmp_path: Path) -> None:
+    from launch.certificates import generate
+
+    ca = str(generate(tmp_path / "certs", names=()).ca)
+    cases = {
+        r"redis_tls_ca: given, but the Redis URL redis://:\*\*\*@h:1/0 is not rediss://": {
+            "redis_url": "redis://:pw@h:1/0",
+            "redis_tls_ca": ca,
+        },
+        "redis_tls_ca: .* is not a readable file": {
+            "redis_url": "rediss://h:1/0",
+            "redis_tls_ca": str(tmp_path / "missing.pem"),
+        },
+        "redis_tls_cert: redis_tls_cert and redis_tls_key go together": {
+            "redis_url": "rediss://h:1/0",
+            "redis_tls_cert": ca,
+        },
+        "kafka_ssl_ca: applies to SSL and SASL_SSL only, not PLAINTEXT": {"kafka_ssl_ca": ca},
+    }
+    for message, fields in cases.items():
+        with pytest.raises(cfg.ConfigError, match=message):
+            TrainerConfig(**fields)
+    ok = TrainerConfig(redis_url="rediss://h:1/0", redis_tls_ca=ca, kafka_security_protocol="SSL")
+    assert ok.redis_options()["ssl_ca_certs"] == ca
+
+
+def test_inference_serving_tls_must_verify_its_cache(tmp_path: Path) -> None:
+    from launch.certificates import generate
+
+    made = generate(tmp_path / "certs", names=("server",))
+    tls = {"tls_cert": str(made["server"].cert), "tls_key": str(made["server"].key)}
+    served = {"model": "m", "arch": "resnet20", "cache_address": "cache:8011", **tls}
+    with pytest.raises(cfg.ConfigError, match="tls_ca: serving TLS with a cache_address"):
+        InferenceConfig(**served)
+    client = InferenceConfig(**served, tls_ca=str(made.ca)).client_tls()
+    assert client is not None and client.cert == tls["tls_cert"]  # shown to the cache too

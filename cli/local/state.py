@@ -73,7 +73,7 @@ class StackState:
     redis_url: str | None = None  # the Redis the services use (private or external)
     redis_password: str | None = None  # the private redis-server's generated AUTH password
     signing_keys: str | None = None  # the generated key directory that signs bundles, records
-    tls: dict[str, str] | None = None  # StackTls's files (ca, cert, key) under --tls
+    tls: dict[str, str] | None = None  # under --tls, the stack's ClientTls files: ca, cert, key
     processes: list[ProcessRecord] = field(default_factory=list)
     version: int = STATE_VERSION
 

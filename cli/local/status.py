@@ -114,6 +114,7 @@ def as_json(state: st.StackState, statuses: list[ProcessStatus]) -> dict:
         "complete": state.complete,
         "healthy": all(s.ok for s in statuses),
         "redis_url": state.redis_url,
+        "tls_ca": state.tls["ca"] if state.tls else None,
         "processes": [{**asdict(s), "ok": s.ok} for s in statuses],
     }
 
@@ -142,6 +143,8 @@ def render(state: st.StackState, statuses: list[ProcessStatus]) -> str:
             for s in scraped
         ]
         tables.append(_table(("SERVICE", "FRESHNESS", "DEAD THREADS"), fresh))
+    if state.tls:
+        tables.append(f"TLS: every service; clients verify it with {state.tls['ca']}")
     return "\n\n".join(tables)
 
 
@@ -180,7 +183,7 @@ def _status(state: st.StackState, record: st.ProcessRecord, timeout: float) -> P
         address=record.address,
         metrics=url,
         log=record.log,
-        rest=f"http://{host}:{rest}" if rest else None,
+        rest=f"{'https' if state.tls else 'http'}://{host}:{rest}" if rest else None,
         freshness=freshness(record.name, samples) if samples is not None else {},
         dead_threads=dead_threads(samples) if samples is not None else None,
     )

@@ -33,7 +33,7 @@ from launch import certificates
 from launch import ports as layout
 from launch.ports import LOCALHOST
 from launch.processes import ManagedProcess, redis_argv, tansu_argv, wait_for_port, wait_serving
-from launch.topology import StackTls, Topology
+from launch.topology import Topology, connect_host
 
 __all__ = ["add_arguments", "run", "start"]  # what cli/main.py and cli/demo.py call
 
@@ -198,9 +198,10 @@ def _trusted(opts: UpOptions, state: st.StackState) -> Topology:
     topology = opts.topology()
     if not opts.tls:
         return topology
-    made = certificates.generate(opts.run_dir / "tls", names=("stack",))
-    tls = StackTls(str(made.ca), str(made["stack"].cert), str(made["stack"].key))
-    state.tls = {"ca": tls.ca, "cert": tls.cert, "key": tls.key}
+    hosts = tuple(dict.fromkeys((*certificates.HOSTS, connect_host(opts.host))))  # --host too
+    made = certificates.generate(opts.run_dir / "tls", names=("stack",), hosts=hosts)
+    tls = made.client("stack")
+    state.tls = dataclasses.asdict(tls)
     return dataclasses.replace(topology, tls=tls)
 
 

@@ -98,7 +98,7 @@ def build(config: CacheConfig) -> CacheServer:
         config.host,
         config.metrics_port,
         "cache service",
-        f", bundles: {bundles}",
+        f", bundles: {bundles}; {config.tls_summary()}, {config.signing_summary()}",
         logger=log,
     )
     return CacheServer(handle, engine, probes, refresher, store, metrics, metrics_port)

@@ -93,6 +93,13 @@ class KafkaSecurity:
             "kafka_ssl_cert and kafka_ssl_key go together",
         )
         for name in ("kafka_ssl_ca", "kafka_ssl_cert", "kafka_ssl_key"):
+            # a CA given for nothing means records would go unencrypted without a word
+            require(
+                getattr(self, name) is None or self.kafka_security_protocol.endswith("SSL"),
+                name,
+                f"applies to SSL and SASL_SSL only, not {self.kafka_security_protocol} "
+                "(set kafka_security_protocol)",
+            )
             read_pem(getattr(self, name), name)
 
     def kafka_options(self) -> dict[str, Any]:

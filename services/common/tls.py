@@ -125,6 +125,12 @@ class TlsSettings:
             context.load_verify_locations(self.tls_ca)
         return context
 
+    def tls_summary(self) -> str:
+        """For the start-up log line: how the port listens (never a secret)."""
+        if self.tls_cert is None:
+            return "gRPC plaintext"
+        return "gRPC mutual TLS" if self.tls_client_auth else "gRPC TLS"
+
     def client_tls(self) -> ClientTls | None:
         """How this service dials the ones it calls; None (no tls_ca): plaintext."""
         if self.tls_ca is None:

@@ -91,6 +91,12 @@ class InferenceConfig(KafkaSecurity, TlsSettings, SigningSettings):
         self.check_kafka_security()
         self.check_tls()
         self.check_signing()
+        require(
+            not (self.cache_address and self.tls_cert and not self.tls_ca),
+            "tls_ca",
+            "serving TLS with a cache_address: set tls_ca too, the CA that verifies the cache "
+            "service (lookups would otherwise travel in plaintext)",
+        )
         require(0 <= self.port < 65536, "port", f"must be 0..65535, got {self.port}")
         require(-1 <= self.http_port < 65536, "http_port", f"must be -1..65535: {self.http_port}")
         require(self.threads >= 0, "threads", "must be >= 0 (0: torch's default)")

@@ -193,7 +193,8 @@ def build(config: InferenceConfig) -> InferenceServer:
         config.host,
         config.metrics_port,
         "inference service",
-        f", REST {rest.port if rest is not None else 'off'}, models: {', '.join(models)}",
+        f", REST {rest.port if rest is not None else 'off'}, models: {', '.join(models)}; "
+        f"{config.tls_summary()}, {config.signing_summary()}",
         logger=log,
     )
     return InferenceServer(

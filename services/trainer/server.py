@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from gati import names
-from gati.config import ConfigError
+from gati.config import ConfigError, redacted
 from gati.models import StagedModel, load_model
 from gati.store import BundleStore
 from services.common.grpc_server import GrpcServer, build_server
@@ -129,7 +129,8 @@ def build(config: TrainerConfig) -> TrainerServer:
         config.metrics_port,
         f"trainer for {config.model}",
         f": Kafka {config.kafka_bootstrap} topic {config.records_topic} group {config.group_id}"
-        f", Redis {config.redis_url.split('@')[-1]}",
+        f", Redis {redacted(config.redis_url)}; {config.tls_summary()}, "
+        f"{config.signing_summary()}",
         logger=log,
     )
     return TrainerServer(handle, loop, metrics, metrics_port, thread, stopping)

@@ -38,9 +38,14 @@ def test_up_tls_serves_tls_and_refuses_strangers(
     cache, inference = state.get("cache"), state.get("inference")
     assert cache is not None and inference is not None
 
-    status = gati("status", "--run-dir", str(run_dir), cwd=tmp_path, timeout=60)
+    status = gati("status", "--run-dir", str(run_dir), "--timeout", "10", cwd=tmp_path, timeout=90)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.count("SERVING") >= 2
+    rows: dict[str, str] = {}
+    for words in (line.split() for line in status.stdout.splitlines()):
+        if words[:1] in (["cache"], ["inference"]):
+            rows.setdefault(words[0], words[3])  # NAME PID STATE HEALTH: the first table
+    assert rows == {"cache": "SERVING", "inference": "SERVING"}, status.stdout  # through TLS
+    assert f"clients verify it with {state.tls['ca']}" in status.stdout
 
     ca = state.tls["ca"]
     # the inference endpoint: TLS, server-only (a client with just the CA is served)
@@ -69,3 +74,29 @@ def test_up_tls_serves_tls_and_refuses_strangers(
     down = gati("down", "--run-dir", str(run_dir), cwd=tmp_path, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert st.load(run_dir) is None
+
+
+def test_up_tls_certificate_names_the_host_the_services_bind(tmp_path: Path) -> None:
+    """`gati up --tls --host ADDR` dials its services at ADDR: the certificate must name it,
+    or every health check fails hostname verification. A real handshake at 127.0.0.2."""
+    from cli.local.options import UpOptions
+    from cli.local.up import _trusted
+    from services.common.grpc_server import build_server
+    from services.common.tls import TlsSettings
+    from tests.security.test_grpc_tls import health
+
+    run = tmp_path / "run"
+    state = st.StackState(run_dir=str(run))
+    opts = UpOptions(run_dir=run, weights=None, arch="pkg.mod:fn", host="127.0.0.2", tls=True)
+    tls = _trusted(opts, state).tls
+    assert tls is not None and state.tls == {"ca": tls.ca, "cert": tls.cert, "key": tls.key}
+    settings = TlsSettings(tls_cert=tls.cert, tls_key=tls.key, tls_ca=tls.ca, tls_client_auth=True)
+    server, handle = build_server(
+        "127.0.0.2", 0, 2, 1 << 20, ("x",), (), settings.server_credentials()
+    )
+    server.start()
+    handle.set_serving(True)
+    try:
+        assert health(f"127.0.0.2:{handle.port}", tls, "x") == "SERVING"
+    finally:
+        server.stop(0)

@@ -51,10 +51,7 @@ def server_tls(certs: Certificates, mutual: bool) -> dict[str, object]:
 
 
 def client(certs: Certificates, with_cert: bool = True) -> ClientTls:
-    pair = certs["client"]
-    if not with_cert:
-        return ClientTls(str(certs.ca))
-    return ClientTls(str(certs.ca), str(pair.cert), str(pair.key))
+    return certs.client("client") if with_cert else ClientTls(str(certs.ca))
 
 
 @pytest.fixture

@@ -103,10 +103,11 @@ def test_each_protocol_maps_to_the_options_it_needs(config_class, certs: Certifi
     assert both["security_protocol"] == "SASL_SSL"
     assert set(both) == {"security_protocol"} | SSL_KEYS | SASL_KEYS
     assert both["sasl_plain_password"] == SECRET and both["ssl_cafile"] == str(certs.ca)
-    # settings of a protocol not chosen are not passed (a CA with PLAINTEXT stays unused)
-    assert options(kafka_ssl_ca=str(certs.ca), kafka_sasl_username="gati") == {
-        "security_protocol": "PLAINTEXT"
-    }
+    # SASL credentials of a protocol not chosen are not passed (a Secret mounted for a
+    # broker that does not ask); TLS files are refused: a CA with PLAINTEXT would be unused
+    assert options(kafka_sasl_username="gati") == {"security_protocol": "PLAINTEXT"}
+    with pytest.raises(ConfigError, match="kafka_ssl_ca: applies to SSL and SASL_SSL only"):
+        options(kafka_ssl_ca=str(certs.ca))
 
 
 def test_every_option_is_one_the_kafka_clients_take(certs: Certificates) -> None:
