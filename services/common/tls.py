@@ -14,6 +14,8 @@ with `grpc_health_probe`-style exec commands when mutual TLS is on (see deploy/k
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from typing import Any
 import grpc
 
 from gati.config import ConfigError, require, setting
+
+log = logging.getLogger(__name__)
 
 
 def read_pem(path: str | None, field: str) -> bytes | None:
@@ -76,6 +80,52 @@ def aio_channel(
     return grpc.aio.secure_channel(address, tls.credentials(), options=list(options))
 
 
+class CertificateReloader:
+    """A server's certificate, key and client CA, read again when their files change.
+
+    cert-manager renews a certificate in place (the Secret volume's files swap atomically), so
+    a server that read its pair once would need a restart before the old one expires. gRPC
+    asks this fetcher at each new handshake (three `stat` calls): connections already open
+    keep their pair, new ones get the new one. A pair that does not load (a key that does not
+    match its certificate, a file half-written) is not taken: the old pair stays, a warning
+    says why, and the next handshake tries again."""
+
+    def __init__(self, cert: str, key: str, ca: str | None) -> None:
+        self.paths = (cert, key, *([ca] if ca else []))
+        self.ca = ca
+        self._seen = self._stamp()
+        self._refused: tuple[tuple[int, int, int], ...] | None = None  # warned about once
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...]:
+        stats = (os.stat(p) for p in self.paths)  # follows a Secret volume's symlinks
+        return tuple((s.st_mtime_ns, s.st_ino, s.st_size) for s in stats)
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        cert, key = self.paths[:2]
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)  # a pair?
+        pair = (read_pem(key, "tls_key"), read_pem(cert, "tls_cert"))
+        roots = read_pem(self.ca, "tls_ca") if self.ca else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        """The new configuration when a file changed and loads, else None (keep the old)."""
+        try:
+            stamp = self._stamp()
+        except OSError:  # a file missing for a moment (a swap by hand): keep the old pair
+            return None
+        if stamp in (self._seen, self._refused):
+            return None
+        try:
+            configuration = self.configuration()
+        except (OSError, ConfigError) as exc:  # ssl.SSLError is an OSError
+            log.warning("TLS files changed but do not load (%s); keeping the pair in use", exc)
+            self._refused = stamp  # tried again once the files change again
+            return None
+        self._seen = stamp
+        log.info("TLS certificate reloaded from %s", self.paths[0])
+        return configuration
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """Config fields of a service's TLS (a mixin; call `check_tls` in `__post_init__`)."""
@@ -105,13 +155,14 @@ class TlsSettings:
         read_pem(self.tls_ca, "tls_ca")
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
-        """Credentials for the listening port; None: plaintext."""
-        if self.tls_cert is None:
+        """Credentials for the listening port, re-read when the files change
+        (`CertificateReloader`); None: plaintext."""
+        if self.tls_cert is None or self.tls_key is None:
             return None
-        pair = (read_pem(self.tls_key, "tls_key"), read_pem(self.tls_cert, "tls_cert"))
-        roots = read_pem(self.tls_ca, "tls_ca") if self.tls_client_auth else None
-        return grpc.ssl_server_credentials(
-            [pair], root_certificates=roots, require_client_auth=self.tls_client_auth
+        ca = self.tls_ca if self.tls_client_auth else None
+        reloader = CertificateReloader(self.tls_cert, self.tls_key, ca)
+        return grpc.dynamic_ssl_server_credentials(
+            reloader.configuration(), reloader, require_client_authentication=ca is not None
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
