@@ -5,10 +5,17 @@ resource files validated on their own) still run."""
 from __future__ import annotations
 
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
-from tests.deploy import kustomize
+from tests.deploy import k8s_checks, kustomize
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A private copy of deploy/k8s to break."""
+    return k8s_checks.private_copy(tmp_path)
 
 
 @pytest.hookimpl(wrapper=True)

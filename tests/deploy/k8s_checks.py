@@ -55,6 +55,20 @@ CERT_MANAGER_GROUP = "cert-manager.io"
 OVERLAY_CUSTOM_GROUPS: dict[str, frozenset[str]] = {"tls": frozenset({CERT_MANAGER_GROUP})}
 
 
+def private_copy(directory: Path) -> Path:
+    """A copy of deploy/k8s under `directory`, for a test to break."""
+    copy = directory / "k8s"
+    shutil.copytree(K8S, copy)
+    return copy
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the first `old` in `path` with `new`; `old` must be there."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
 def overlays() -> list[Path]:
     return sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 

@@ -8,7 +8,6 @@ does with a kustomization is not tested here: only that our overlays render.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -61,14 +60,6 @@ def test_each_overlay_renders_what_it_promises_and_nothing_twice() -> None:
 
 def test_every_kustomization_passes_the_lint() -> None:
     assert kustomization_lint.problems(k8s.K8S) == []
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    """A private copy of deploy/k8s to break."""
-    copy = tmp_path / "k8s"
-    shutil.copytree(k8s.K8S, copy)
-    return copy
 
 
 # (what to break, how, the kustomization that must report it, the start of its message)

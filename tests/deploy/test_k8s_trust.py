@@ -16,7 +16,6 @@ import argparse
 import copy
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -457,20 +456,6 @@ def test_the_rendered_probe_passes_with_a_certificate_for_the_certificates_names
 
 
 # --- broken copies must fail ----------------------------------------------------------------
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    """A private copy of deploy/k8s to break."""
-    copy_ = tmp_path / "k8s"
-    shutil.copytree(k8s.K8S, copy_)
-    return copy_
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
-
-
 TLS = Path("components") / "tls"
 CERTS = Path("components") / "cert-manager" / "certificate.yaml"
 BREAKAGES = {
@@ -578,7 +563,7 @@ BREAKAGES = {
 @pytest.mark.parametrize("case", BREAKAGES)
 def test_each_breakage_is_caught(tree: Path, case: str) -> None:
     file, old, new, check, message = BREAKAGES[case]
-    _edit(tree / file, old, new)
+    k8s.edit(tree / file, old, new)
     problems = check(kustomize.render(tree / "overlays" / TLS_OVERLAY))
     assert any(message in p for p in problems), problems
 
@@ -614,7 +599,7 @@ CERT_BREAKAGES = {
 @pytest.mark.parametrize("case", CERT_BREAKAGES)
 def test_broken_cert_manager_objects_fail(tree: Path, case: str) -> None:
     old, new, message = CERT_BREAKAGES[case]
-    _edit(tree / CERTS, old, new)
+    k8s.edit(tree / CERTS, old, new)
     problems = cm.structure(kustomize.render(tree / "overlays" / TLS_OVERLAY))
     assert any(message in p for p in problems), problems
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,24 +39,10 @@ def test_every_resource_file_validates_strictly_on_its_own() -> None:
     assert k8s.validate(objs, custom_groups=CUSTOM_GROUPS) == []
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    """A private copy of deploy/k8s to break."""
-    copy = tmp_path / "k8s"
-    shutil.copytree(k8s.K8S, copy)
-    return copy
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
-
-
 def test_removed_api_version_fails(tree: Path) -> None:
     """policy/v1beta1 PodDisruptionBudgets left Kubernetes in 1.25. kubernetes-validate's CLI
     only warns about a kind it has no schema for (exit status 0); our check fails it."""
-    _edit(tree / "overlays" / "prod" / "poddisruptionbudget.yaml", "policy/v1", "policy/v1beta1")
+    k8s.edit(tree / "overlays" / "prod" / "poddisruptionbudget.yaml", "policy/v1", "policy/v1beta1")
     errors = k8s.validate(kustomize.render(tree / "overlays" / "prod"))
     assert errors == [
         "PodDisruptionBudget/gati-inference: no schema for apiVersion policy/v1beta1 kind "
@@ -66,7 +51,7 @@ def test_removed_api_version_fails(tree: Path) -> None:
 
 
 def test_unknown_field_fails(tree: Path) -> None:
-    _edit(
+    k8s.edit(
         tree / "base" / "cache" / "deployment.yaml",
         "          imagePullPolicy: IfNotPresent",
         "          imagePullPolicy: IfNotPresent\n          readOnlyRootFileSystem: true",
@@ -78,7 +63,7 @@ def test_unknown_field_fails(tree: Path) -> None:
 
 
 def test_wrong_type_fails(tree: Path) -> None:
-    _edit(
+    k8s.edit(
         tree / "overlays" / "prod" / "horizontalpodautoscaler.yaml",
         "maxReplicas: 20",
         'maxReplicas: "20"',
@@ -91,7 +76,7 @@ def test_wrong_type_fails(tree: Path) -> None:
 
 def test_wrong_probe_shape_fails(tree: Path) -> None:
     """A grpc probe's port must be a number (named ports are for httpGet and tcpSocket)."""
-    _edit(
+    k8s.edit(
         tree / "components" / "sidecar-cache" / "deployment.yaml",
         "              port: 8011\n              service: gati.v1.CacheService\n"
         "            periodSeconds: 1",

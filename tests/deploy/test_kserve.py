@@ -8,7 +8,6 @@ of prod (how an overlay uses it: docs/deploy.md).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,7 @@ PROD_IMAGE = "registry.example.com/gati/gati-inference:0.1.0"
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """A private copy of deploy/k8s with two overlays that include the component."""
-    copy = tmp_path / "k8s"
-    shutil.copytree(k8s.K8S, copy)
+    copy = k8s.private_copy(tmp_path)
     on_base = copy / "overlays" / "kserve-base"
     on_base.mkdir()
     (on_base / "kustomization.yaml").write_text(
@@ -50,12 +48,6 @@ def _render(tree: Path, overlay: str) -> list[dict]:
 
 def _base(tree: Path) -> list[dict]:
     return kustomize.render(tree / "base")
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 @pytest.mark.parametrize("overlay", ["kserve-base", "kserve"])
@@ -231,7 +223,7 @@ ISVC = Path("components") / "kserve" / "inferenceservice.yaml"
     ],
 )
 def test_broken_structure_fails(tree: Path, file: Path, old: str, new: str, expected: str) -> None:
-    _edit(tree / file, old, new)
+    k8s.edit(tree / file, old, new)
     errors = ks.structure(_render(tree, "kserve-base"))
     assert any(expected in e for e in errors), errors
 
@@ -278,13 +270,13 @@ def test_broken_structure_fails(tree: Path, file: Path, old: str, new: str, expe
 def test_drift_from_base_inference_fails(
     tree: Path, file: Path, old: str, new: str, expected: str
 ) -> None:
-    _edit(tree / file, old, new)
+    k8s.edit(tree / file, old, new)
     errors = ks.drift(_render(tree, "kserve-base"), _base(tree), image="gati-inference:0.1.0")
     assert any(expected in e for e in errors), errors
 
 
 def test_a_network_policy_without_the_rest_port_fails(tree: Path) -> None:
-    _edit(
+    k8s.edit(
         tree / "components" / "kserve" / "networkpolicy.yaml",
         "        - protocol: TCP\n          port: http\n",
         "",
@@ -295,7 +287,7 @@ def test_a_network_policy_without_the_rest_port_fails(tree: Path) -> None:
 
 
 def test_kept_base_deployment_is_drift(tree: Path) -> None:
-    _edit(
+    k8s.edit(
         tree / "components" / "kserve" / "kustomization.yaml",
         "  - path: delete-inference-deployment.yaml\n",
         "",
